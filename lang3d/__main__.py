@@ -1,0 +1,3 @@
+from lang3d.cli import main
+
+main()

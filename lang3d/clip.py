@@ -1,0 +1,314 @@
+"""Frozen CLIP (open_clip) wrapper: loading, dense image features (Text4Point Eq. 1), text embeddings.
+
+Importing this module registers the package's own open_clip model configs (``lang3d/clip_configs/*.json``,
+e.g. ``lang3d-tiny-RN`` for tests and demos) with open_clip; nothing is downloaded at import time.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import zipfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+from open_clip.modified_resnet import ModifiedResNet
+from torch import nn
+
+CONFIG_DIR = Path(__file__).parent / "clip_configs"
+_OWN_MODELS = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+if not set(_OWN_MODELS) <= set(open_clip.list_models()):
+    open_clip.add_model_config(CONFIG_DIR)
+
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+_DEFAULT_URL_CACHE = "~/.cache/clip"  # open_clip's cache for URL downloads
+
+
+class CLIPLoadError(RuntimeError):
+    """A CLIP model or its weights could not be loaded."""
+
+
+class CLIPWeightsUnavailable(CLIPLoadError):
+    """Pretrained weights for an open_clip tag are not cached locally and cannot be downloaded."""
+
+
+class CLIPWeightsFileError(CLIPLoadError):
+    """A local weights file is missing, unreadable, or does not match the model architecture."""
+
+
+def _offline() -> bool:
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "LANG3D_OFFLINE"))
+
+
+def _hf_cache_dir(cache_dir: str | None) -> str:
+    if cache_dir:
+        return cache_dir
+    from huggingface_hub import constants
+    return constants.HF_HUB_CACHE
+
+
+def _cached_tag_file(cfg: dict, cache_dir: str | None) -> str | None:
+    """Path of already-downloaded weights for an open_clip pretrained cfg (no network), else None."""
+    hf_hub = cfg.get("hf_hub", "")
+    if hf_hub and open_clip.pretrained.has_hf_hub():
+        from huggingface_hub import try_to_load_from_cache
+        repo_id, filename = os.path.split(hf_hub)
+        filename = filename or HF_WEIGHTS_NAME
+        names = ([HF_SAFE_WEIGHTS_NAME] if filename == HF_WEIGHTS_NAME else []) + [filename]
+        for name in names:
+            found = try_to_load_from_cache(repo_id, name, cache_dir=_hf_cache_dir(cache_dir))
+            if isinstance(found, str) and os.path.isfile(found):
+                return found
+    url = cfg.get("url", "")
+    if url:
+        target = Path(cache_dir or _DEFAULT_URL_CACHE).expanduser() / os.path.basename(url)
+        if target.is_file():
+            return str(target)
+    return None
+
+
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _resolve_tag(model_name: str, tag: str, cache_dir: str | None) -> tuple[str, dict]:
+    """Local weights path and pretrained cfg for ``model_name``/``tag``; downloads only when online."""
+    cfg = open_clip.get_pretrained_cfg(model_name, tag)
+    cached = _cached_tag_file(cfg, cache_dir)
+    if cached:
+        return cached, cfg
+    where = (f"Hugging Face cache {_hf_cache_dir(cache_dir)} (repo {cfg.get('hf_hub', '-')}) and "
+             f"URL cache {Path(cache_dir or _DEFAULT_URL_CACHE).expanduser()}")
+    fix = (f"Download '{model_name}/{tag}' on a machine with internet (e.g. python -c \"import open_clip; "
+           f"open_clip.create_model('{model_name}', pretrained='{tag}')\") and copy the cache here, or pass "
+           f"pretrained: /path/to/{model_name}.pt (a local state dict / open_clip checkpoint / OpenAI archive).")
+    use_hf = bool(cfg.get("hf_hub")) and open_clip.pretrained.has_hf_hub()
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co") if use_hf else cfg["url"]).hostname
+    if _offline() or not _reachable(host):
+        reason = "offline mode is set" if _offline() else f"{host} is unreachable"
+        raise CLIPWeightsUnavailable(
+            f"CLIP weights for model '{model_name}' tag '{tag}' are not in the local cache and cannot be "
+            f"downloaded ({reason}). Looked in: {where}. {fix}")
+    try:
+        return open_clip.download_pretrained(cfg, cache_dir=cache_dir), cfg
+    except Exception as e:  # network / hub errors of any kind
+        raise CLIPWeightsUnavailable(
+            f"Downloading CLIP weights for '{model_name}' tag '{tag}' failed: {e}. Looked in: {where}. {fix}") from e
+
+
+def _is_torchscript(path: str) -> bool:
+    """True for TorchScript archives (the original OpenAI ``RN50.pt``), which need ``torch.jit.load``."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("constants.pkl") for n in z.namelist())
+
+
+def _load_torchscript(model: nn.Module, path: str) -> None:
+    """Copy the weights of a TorchScript archive (OpenAI's own format, fp16) into an open_clip model."""
+    state = torch.jit.load(path, map_location="cpu").state_dict()
+    for key in ("input_resolution", "context_length", "vocab_size", "attn_mask"):  # not weights
+        state.pop(key, None)
+    model.load_state_dict(state, strict=True)
+
+
+def _create(model_name: str, path: str | None, cfg: dict | None) -> nn.Module:
+    kwargs = {}
+    if cfg:  # weights of a known tag: use its activation and preprocessing
+        kwargs = dict(force_quick_gelu=bool(cfg.get("quick_gelu", False)), force_preprocess_cfg=cfg)
+    if path is None:
+        return open_clip.create_model(model_name)
+    try:
+        if not _is_torchscript(path):
+            return open_clip.create_model(model_name, pretrained=path, **kwargs)
+        model = open_clip.create_model(model_name, **kwargs)
+        _load_torchscript(model, path)
+        return model
+    except Exception as e:
+        raise CLIPWeightsFileError(
+            f"CLIP weights file {path} could not be loaded into model '{model_name}' "
+            f"(wrong architecture or not a state dict / open_clip checkpoint / TorchScript archive): {e}") from e
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode and ``requires_grad=False`` for every parameter; returns ``module``."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def load_clip(model_name: str, pretrained: str | None = None, *, cache_dir: str | None = None):
+    """Load a frozen open_clip model and its tokenizer.
+
+    ``pretrained``: None/"" (random init), an open_clip tag (e.g. "openai"; must already be cached unless online),
+    or a path to a local weights file. For OpenAI weights loaded from a file use a ``*-quickgelu`` model name
+    (e.g. "RN50-quickgelu"); with a tag the activation is taken from the tag. ``cache_dir`` overrides
+    open_clip's caches. Returns ``(model, tokenizer)``; the model is in eval mode with all parameters frozen.
+    """
+    available = open_clip.list_models()
+    if model_name not in available:
+        raise CLIPLoadError(f"Unknown CLIP model '{model_name}'. Available: {', '.join(available)}")
+    path, cfg = None, None
+    if pretrained:
+        pretrained = str(pretrained)
+        if open_clip.get_pretrained_cfg(model_name, pretrained):
+            path, cfg = _resolve_tag(model_name, pretrained, cache_dir)
+        elif os.path.isfile(pretrained):
+            path = pretrained
+        elif os.sep in pretrained or pretrained.endswith(_WEIGHT_SUFFIXES):
+            raise CLIPWeightsFileError(f"CLIP weights file {pretrained} does not exist.")
+        else:
+            tags = open_clip.list_pretrained_tags_by_model(model_name)
+            raise CLIPLoadError(f"'{pretrained}' is neither a pretrained tag of '{model_name}' (tags: "
+                                f"{', '.join(tags) or 'none'}) nor an existing weights file.")
+    model = freeze(_create(model_name, path, cfg))
+    return model, open_clip.get_tokenizer(model_name)
+
+
+def interpolate_grid_pos_embed(pos: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Attention-pool positional embedding [1+g*g, C] (global first) -> [1+h*w, C], spatial part bicubic."""
+    g = round((pos.shape[0] - 1) ** 0.5)
+    if g * g != pos.shape[0] - 1:
+        raise ValueError(f"positional embedding with {pos.shape[0] - 1} spatial entries is not a square grid")
+    if (h, w) == (g, g):
+        return pos
+    grid = pos[1:].reshape(g, g, -1).permute(2, 0, 1)[None].float()
+    grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
+    return torch.cat([pos[:1], grid[0].permute(1, 2, 0).reshape(h * w, -1).to(pos.dtype)], dim=0)
+
+
+class CLIPDenseImageEncoder(nn.Module):
+    """Frozen ResNet CLIP image tower returning all attention-pool outputs (Text4Point Eq. 1).
+
+    ``[h, h_g] = MSA(concat(x, x_g))``: every one of the ``h*w + 1`` tokens (trunk features plus their mean,
+    with positional embedding) queries all tokens using the pool's q/k/v/c_proj weights and heads.
+    ``output_stride`` = 32; ``embed_dim`` = d (CLIP joint embedding width). Always in eval mode.
+    """
+
+    output_stride = 32
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        visual = getattr(model, "visual", None)
+        if not isinstance(visual, ModifiedResNet):
+            raise TypeError(f"CLIPDenseImageEncoder needs a ResNet CLIP (ModifiedResNet visual tower), "
+                            f"got {type(visual).__name__}")
+        self.visual = freeze(visual)
+        self.embed_dim = visual.output_dim
+        cfg = getattr(visual, "preprocess_cfg", {})
+        mean = cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)
+        std = cfg.get("std", open_clip.OPENAI_DATASET_STD)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> "CLIPDenseImageEncoder":
+        """Ignores ``mode``: the encoder stays in eval mode (BatchNorm statistics never move)."""
+        return super().train(False)
+
+    def trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised ResNet trunk: images [B,3,H,W] in [0,1] -> features [B,C,H//32,W//32] (C = 32*width)."""
+        if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
+            raise ValueError(f"images must be float [B,3,H,W] in [0,1], got {tuple(images.shape)} {images.dtype}")
+        if min(images.shape[-2:]) < self.output_stride:
+            raise ValueError(f"images must be at least {self.output_stride} pixels a side, "
+                             f"got {tuple(images.shape[-2:])}")
+        v = self.visual
+        x = ((images - self.mean) / self.std).to(v.conv1.weight.dtype)
+        return v.layer4(v.layer3(v.layer2(v.layer1(v.stem(x)))))
+
+    def attention_pool_all(self, x: torch.Tensor) -> torch.Tensor:
+        """Eq. 1 on trunk features x [B,C,h,w] -> tokens [B,1+h*w,d]; token 0 is the global one."""
+        pool = self.visual.attnpool
+        b, c, h, w = x.shape
+        tokens = x.flatten(2).transpose(1, 2)                                      # [B, hw, C]
+        tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)      # [B, 1+hw, C]
+        tokens = tokens + interpolate_grid_pos_embed(pool.positional_embedding, h, w).to(tokens.dtype)
+        heads = pool.num_heads
+
+        def split(t: torch.Tensor) -> torch.Tensor:                                # [B,T,C] -> [B,heads,T,C/heads]
+            return t.view(b, -1, heads, c // heads).transpose(1, 2)
+
+        q, k, v = split(pool.q_proj(tokens)), split(pool.k_proj(tokens)), split(pool.v_proj(tokens))
+        out = F.scaled_dot_product_attention(q, k, v)                              # softmax(qk^T/sqrt(c/heads)) v
+        return pool.c_proj(out.transpose(1, 2).reshape(b, -1, c))
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images [B,3,H,W] float in [0,1] -> dict(dense=[B,d,H//32,W//32], global_=[B,d]); not normalised."""
+        x = self.trunk(images)
+        h, w = x.shape[-2:]
+        tokens = self.attention_pool_all(x)
+        dense = tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+        return {"dense": dense, "global_": tokens[:, 0]}
+
+
+def class_prompts(class_names: list[str], template: str = "point cloud of {}.") -> list[str]:
+    """One prompt per class name, e.g. ``"point cloud of chair."``."""
+    if "{}" not in template:
+        raise ValueError(f"prompt template must contain '{{}}' for the class name, got {template!r}")
+    return [template.format(name) for name in class_names]
+
+
+class CLIPTextEncoder(nn.Module):
+    """Frozen CLIP text tower: texts -> [K,d] embeddings exactly as open_clip ``encode_text`` (NOT L2-normalised).
+
+    ``encode_token_embeddings`` runs the frozen transformer on given token embeddings so that learnable
+    prompt context (CoOp) can be inserted; gradients flow to those embeddings.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer):
+        super().__init__()
+        if not hasattr(model, "token_embedding") or getattr(model, "text_pool_type", None) != "argmax":
+            raise TypeError(f"CLIPTextEncoder needs an open_clip CLIP model with the built-in text transformer "
+                            f"and argmax (EOT) pooling, got {type(model).__name__}")
+        self.model = freeze(model)
+        self.tokenizer = tokenizer
+        self.embed_dim = model.text_projection.shape[-1] if not isinstance(model.text_projection, nn.Linear) \
+            else model.text_projection.out_features
+
+    def train(self, mode: bool = True) -> "CLIPTextEncoder":
+        """Ignores ``mode``: the encoder stays in eval mode."""
+        return super().train(False)
+
+    @property
+    def width(self) -> int:
+        """Token embedding width of the text transformer."""
+        return self.model.token_embedding.embedding_dim
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """texts -> token ids [K, context_length] int64 on the model's device."""
+        return self.tokenizer(list(texts)).to(self.model.token_embedding.weight.device)
+
+    @staticmethod
+    def eot_index(tokens: torch.Tensor) -> torch.Tensor:
+        """Position of the end-of-text token (the largest id) per row: [K, L] -> [K] int64."""
+        return tokens.argmax(dim=-1)
+
+    def encode_token_embeddings(self, x: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        """Token embeddings x [K,L,width] (L <= context length, no positional embedding yet) and EOT positions
+        [K] -> text embeddings [K,d]. Not wrapped in no_grad (prompt learning backpropagates through it)."""
+        m = self.model
+        length = x.shape[1]
+        if x.ndim != 3 or x.shape[2] != self.width or length > m.positional_embedding.shape[0]:
+            raise ValueError(f"token embeddings must be [K, L<={m.positional_embedding.shape[0]}, {self.width}], "
+                             f"got {tuple(x.shape)}")
+        cast_dtype = m.transformer.get_cast_dtype()
+        x = x.to(cast_dtype) + m.positional_embedding[:length].to(cast_dtype)
+        x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask[:length, :length]))
+        x = x[torch.arange(x.shape[0], device=x.device), eot_index]
+        return m.text_projection(x) if isinstance(m.text_projection, nn.Linear) else x @ m.text_projection
+
+    @torch.no_grad()
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        """texts (K strings) -> [K,d] text embeddings (unnormalised, like open_clip ``encode_text``)."""
+        tokens = self.tokenize(texts)
+        return self.encode_token_embeddings(self.model.token_embedding(tokens), self.eot_index(tokens))

@@ -1,0 +1,22 @@
+"""Data loaders that shard across DDP ranks and reshuffle deterministically per epoch.
+
+Lightning calls ``set_epoch`` on the sampler every epoch, so the order of epoch e depends only on
+(seed, e): a run resumed from a checkpoint sees the same batches as an uninterrupted one.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+
+def sharded_loader(dataset: Dataset, trainer: L.Trainer | None, batch_size: int, shuffle: bool, seed: int,
+                   num_workers: int, collate_fn: Callable, drop_last: bool = False) -> DataLoader:
+    """A DataLoader whose sampler holds this rank's shard (world size 1 without a trainer)."""
+    world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed,
+                                 drop_last=drop_last)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      collate_fn=collate_fn, drop_last=drop_last, persistent_workers=num_workers > 0,
+                      pin_memory=False)

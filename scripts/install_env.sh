@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Creates the project's virtual environment with pinned dependencies, builds (or reuses a cached)
+# MinkowskiEngine 0.5.4 wheel, and installs lang3d in editable mode.
+#   VENV   where the environment goes (default .venv)
+#   PYTHON the interpreter to build it from (default python3.11)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3.11}
+
+if ! command -v "$PYTHON" >/dev/null; then
+  echo "install: $PYTHON not found; lang3d needs Python 3.11 (set PYTHON=...)" >&2
+  exit 1
+fi
+# MinkowskiEngine links BLAS; Debian's OpenBLAS headers are needed to build it.
+if ! dpkg -s libopenblas-dev >/dev/null 2>&1; then
+  echo "install: libopenblas-dev missing, installing it with apt-get"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas-dev
+fi
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PY="$VENV/bin/python"
+"$PY" -m pip install -q -r requirements.txt -r requirements-dev.txt
+"$PY" scripts/build_minkowski.py
+"$PY" -m pip install -q --no-deps --no-build-isolation -e .
+"$PY" -c "import MinkowskiEngine as ME, open_clip, lightning; print('lang3d environment ready: MinkowskiEngine', ME.__version__, '| CUDA' if ME.is_cuda_available() else '| CPU')"
+touch "$VENV/.lang3d-installed"
