@@ -18,17 +18,12 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return (np.stack([r, g, b], 1) * 255).astype(np.uint8)
 
 
-def overlay_points(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.ndarray, radius: int = 1) -> np.ndarray:
-    """Draw points at (rows, cols) on a copy of image uint8 [H, W, 3], coloured by ``values``."""
-    out = image.copy()
-    colors = colormap(values)
-    H, W = out.shape[:2]
-    for dr in range(-radius + 1, radius):
-        for dc in range(-radius + 1, radius):
-            r = np.clip(rows + dr, 0, H - 1)
-            c = np.clip(cols + dc, 0, W - 1)
-            out[r, c] = colors
-    return out
+def overlay_points(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Side by side: image uint8 [H, W, 3] and, on a darkened copy, the pixels (rows, cols) coloured by
+    ``values``. Returns uint8 [H, 2W, 3]."""
+    marked = (image // 3).astype(np.uint8)
+    marked[rows, cols] = colormap(values)
+    return np.concatenate([image, marked], axis=1)
 
 
 @rank_zero_only

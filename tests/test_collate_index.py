@@ -60,3 +60,15 @@ def test_coarsen_matches_minkowski_strided_coordinates():
     rows = lookup_rows(y.C, coarsen(coords, 16))
     assert (rows >= 0).all()
     assert len(torch.unique(rows)) == len(y.C)  # every coarse voxel has a fine voxel
+
+
+def test_overlay_points_marks_exactly_the_given_pixels():
+    from lang3d.tensorboard import colormap, overlay_points
+
+    image = np.full((4, 5, 3), 90, np.uint8)
+    out = overlay_points(image, np.array([0, 3]), np.array([1, 4]), np.array([1.0, 2.0]))
+    assert out.shape == (4, 10, 3)
+    np.testing.assert_array_equal(out[:, :5], image)
+    np.testing.assert_array_equal(out[[0, 3], [6, 9]], colormap(np.array([1.0, 2.0])))
+    assert (out[1, 5:] == 30).all()
+    assert colormap(np.array([0.0, 1.0])).tolist() != colormap(np.array([1.0, 0.0])).tolist()

@@ -118,3 +118,32 @@ def test_sample_one_to_one_is_a_matching():
     assert len(torch.unique(out[:, [0, 2, 3]], dim=0)) == len(out)
     assert {tuple(r) for r in out.tolist()} <= {tuple(r) for r in pairs.tolist()}
     assert len(sample_one_to_one(pairs, 3, g)) == 3
+
+
+def test_pair_cache_is_filled_once_and_read_back(tiny_scannet, tmp_path):
+    cache = tmp_path / "cache"
+    dm = ScanNetPairsDataModule(str(tiny_scannet), **TINY_DATA, cache_dir=str(cache))
+    dm.prepare_data()
+    files = sorted(cache.rglob("*.npz"))
+    assert len(files) == 8  # 4 train + 4 val frames
+    dm.setup("fit")
+    fresh = ScanNetPairsDataModule(str(tiny_scannet), **TINY_DATA)
+    fresh.setup("fit")
+    cached, built = dm.train_set[1], fresh.train_set[1]
+    for key in ("image", "depth", "coord", "color", "pairs"):
+        np.testing.assert_array_equal(cached[key], built[key])
+    name, frame = dm.train_set.frames[0]
+    damaged = dm.train_set._cache_path(name, frame)
+    damaged.write_bytes(b"not an npz")
+    with pytest.raises(RuntimeError, match=f"{name}/{frame}.npz"):
+        dm.train_set[0]
+
+
+def test_cli_print_config_and_missing_root(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "-c", "configs/text4point/pretrain_scannet.yaml", "--data.root", str(tmp_path), "--print_config"])
+    assert exit_info.value.code == 0
+    assert "Text4PointPretraining" in capsys.readouterr().out
+    dm = ScanNetPairsDataModule(str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        dm.setup("fit")

@@ -20,7 +20,7 @@ def collate_point_samples(samples: Sequence[dict], point_keys: Sequence[str] = (
     Returns a dict with
       coord   [ΣV,4] int32 (batch index, x, y, z): MinkowskiEngine's batched coordinate layout
       offset  [B] int64 cumulative point counts (end of each sample)
-      <point_keys>  concatenated [ΣV, ...] float32
+      <point_keys>  concatenated [ΣV, ...] (floating point as float32, integers kept)
       <stack_keys>  stacked [B, ...]
       <index_keys>  [ΣM, 1 + k] int64 (batch index, point index + offset of its sample, remaining columns)
       skipped Counter of reasons of dropped samples;  names  list of kept sample names
@@ -37,9 +37,9 @@ def collate_point_samples(samples: Sequence[dict], point_keys: Sequence[str] = (
     batch["coord"] = torch.cat(coords) if coords else torch.zeros((0, 4), dtype=torch.int32)
     batch["offset"] = torch.tensor(offsets[1:] + [total] if kept else [], dtype=torch.int64)
     for key in point_keys:
-        batch[key] = _cat([torch.as_tensor(np.asarray(s[key]), dtype=torch.float32) for s in kept])
+        batch[key] = _cat([_tensor(s[key]) for s in kept])
     for key in stack_keys:
-        batch[key] = torch.stack([torch.as_tensor(np.asarray(s[key])) for s in kept]) if kept else torch.zeros(0)
+        batch[key] = torch.stack([_tensor(s[key]) for s in kept]) if kept else torch.zeros(0)
     for key in index_keys:
         parts = []
         for b, (s, start) in enumerate(zip(kept, offsets)):
@@ -49,6 +49,11 @@ def collate_point_samples(samples: Sequence[dict], point_keys: Sequence[str] = (
             parts.append(idx)
         batch[key] = _cat(parts)
     return batch
+
+
+def _tensor(x) -> torch.Tensor:
+    t = torch.from_numpy(np.array(x))  # a copy: cached arrays may be read-only
+    return t.float() if t.is_floating_point() else t
 
 
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
