@@ -3,6 +3,9 @@
 #   make test                  the test suite (CPU, tiny sizes)
 #   make pretrain-text4point   Text4Point pre-training; SCANNET=/path/to/scannet for real data,
 #                              otherwise a demo on built-in synthetic ScanNet scenes
+#   make finetune-s3dis        Text4Point fine-tuning on S3DIS; S3DIS=/path/to/s3dis CKPT=/path/to/pretrain.ckpt,
+#                              otherwise a demo on built-in synthetic rooms (with the pre-training demo's checkpoint
+#                              when there is one)
 #   make benchmark             data-pipeline and model throughput figures
 
 VENV ?= .venv
@@ -10,9 +13,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lang3d-installed
 SCANNET ?=
 SYNTHETIC_SCANNET ?= data/synthetic/scannet
+S3DIS ?=
+SYNTHETIC_S3DIS ?= data/synthetic/s3dis
+CKPT ?=
+DEMO_PRETRAIN_CKPT := runs/text4point_pretrain_demo/checkpoints/last.ckpt
 ARGS ?=
 
-.PHONY: install test pretrain-text4point benchmark synthetic-scannet clean-venv
+.PHONY: install test pretrain-text4point finetune-s3dis benchmark synthetic-scannet synthetic-s3dis clean-venv
 
 install: $(STAMP)
 
@@ -36,6 +43,25 @@ pretrain-text4point: $(STAMP) $(SYNTHETIC_SCANNET)/scannetv2_train.txt
 else
 pretrain-text4point: $(STAMP)
 	$(PY) -m lang3d fit -c configs/text4point/pretrain_scannet.yaml --data.root $(SCANNET) $(ARGS)
+endif
+
+$(SYNTHETIC_S3DIS)/Stanford3dDataset_v1.2_Aligned_Version: | $(STAMP)
+	$(PY) -m datamodules.synthetic.s3dis --out $(SYNTHETIC_S3DIS) --rooms-per-area 3
+
+synthetic-s3dis: $(SYNTHETIC_S3DIS)/Stanford3dDataset_v1.2_Aligned_Version
+
+ifeq ($(strip $(S3DIS)),)
+finetune-s3dis: $(STAMP) $(SYNTHETIC_S3DIS)/Stanford3dDataset_v1.2_Aligned_Version
+	@echo "No S3DIS given (make finetune-s3dis S3DIS=/path CKPT=/path/to/pretrain.ckpt): running the demo on built-in"
+	@echo "synthetic rooms in $(SYNTHETIC_S3DIS) with the tiny CLIP of the pre-training demo."
+	@ckpt="$(CKPT)"; if [ -z "$$ckpt" ] && [ -f $(DEMO_PRETRAIN_CKPT) ]; then ckpt=$(DEMO_PRETRAIN_CKPT); fi; \
+	if [ -n "$$ckpt" ]; then echo "initialising from $$ckpt"; else echo "no pre-training checkpoint: from scratch"; fi; \
+	$(PY) -m lang3d fit -c configs/text4point/finetune_s3dis.yaml -c configs/text4point/demo_synthetic_s3dis.yaml \
+		--data.root $(SYNTHETIC_S3DIS) --model.pretrained "$${ckpt:-null}" $(ARGS)
+else
+finetune-s3dis: $(STAMP)
+	$(PY) -m lang3d fit -c configs/text4point/finetune_s3dis.yaml --data.root $(S3DIS) \
+		--model.pretrained "$(if $(CKPT),$(CKPT),null)" $(ARGS)
 endif
 
 benchmark: $(STAMP)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -18,12 +19,55 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return (np.stack([r, g, b], 1) * 255).astype(np.uint8)
 
 
+def label_colors(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """A distinct uint8 RGB colour [N, 3] per class index (hues spread over the circle); negative labels grey."""
+    hues = np.arange(num_classes) / max(num_classes, 1)
+    palette = np.stack([np.clip(np.abs(6 * hues - 3) - 1, 0, 1), np.clip(2 - np.abs(6 * hues - 2), 0, 1),
+                        np.clip(2 - np.abs(6 * hues - 4), 0, 1)], 1)
+    palette = (palette * 200 + 40).astype(np.uint8)
+    labels = np.asarray(labels)
+    out = np.full((len(labels), 3), 128, np.uint8)
+    valid = (labels >= 0) & (labels < num_classes)
+    out[valid] = palette[labels[valid]]
+    return out
+
+
 def overlay_points(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Side by side: image uint8 [H, W, 3] and, on a darkened copy, the pixels (rows, cols) coloured by
     ``values``. Returns uint8 [H, 2W, 3]."""
     marked = (image // 3).astype(np.uint8)
     marked[rows, cols] = colormap(values)
     return np.concatenate([image, marked], axis=1)
+
+
+def confusion_image(confusion: np.ndarray, class_names: list[str], cell: int = 28) -> np.ndarray:
+    """Row-normalised confusion matrix [K, K] (rows: ground truth) drawn with class names and percentages.
+    Returns uint8 [H, W, 3]."""
+    conf = np.asarray(confusion, dtype=np.float64)
+    rates = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    k = len(conf)
+    margin = 8 + 6 * max(len(n) for n in class_names)
+    canvas = Image.new("RGB", (margin + k * cell, margin + k * cell), "white")
+    draw = ImageDraw.Draw(canvas)
+    shades = (255 - rates * 200).astype(np.uint8)
+    for i in range(k):
+        draw.text((2, margin + i * cell + cell // 3), class_names[i], fill="black")
+        draw.text((margin + i * cell + 2, 2 + (i % 2) * 10), class_names[i][:4], fill="black")
+        for j in range(k):
+            x, y = margin + j * cell, margin + i * cell
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(int(shades[i, j]), int(shades[i, j]), 255),
+                           outline=(200, 200, 200))
+            if conf[i].sum() > 0:
+                draw.text((x + 2, y + cell // 3), f"{100 * rates[i, j]:.0f}", fill="black")
+    return np.asarray(canvas)
+
+
+@rank_zero_only
+def log_point_cloud(logger, tag: str, points: np.ndarray, colors: np.ndarray, step: int) -> None:
+    """Log points [N, 3] with uint8 colours [N, 3] as a TensorBoard mesh (no faces)."""
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_mesh(tag, vertices=torch.as_tensor(points, dtype=torch.float32)[None],
+                                   colors=torch.as_tensor(colors, dtype=torch.uint8)[None], global_step=step)
 
 
 @rank_zero_only

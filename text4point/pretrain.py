@@ -14,8 +14,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from datamodules.scannet.meta import CLASS_LABELS
 from lang3d.backbones.res16unet import convert_sync_batchnorm
 from lang3d.checkpoint import FrozenWeightsNotSaved
-from lang3d.clip import CLIPDenseImageEncoder, CLIPTextEncoder, class_prompts, load_clip
+from lang3d.clip import CLIPDenseImageEncoder, CLIPTextEncoder, load_clip
 from lang3d.losses import masked_l1, pixel_voxel_contrastive_loss
+from lang3d.prompt_learner import build_class_embeddings
 from lang3d.sparse_index import coarsen, lookup_rows
 from lang3d.tensorboard import log_image, overlay_points
 from text4point.image_branch import ImageDecoder
@@ -31,6 +32,8 @@ class Text4PointPretraining(FrozenWeightsNotSaved, L.LightningModule):
         clip_model / clip_pretrained: open_clip model name and weights (tag such as "openai", a local file, or
             None for random init). The image tower must be a ResNet CLIP (attention pooling).
         class_names / prompt_template: the K texts "point cloud of [cls]." (Sec. 3.3).
+        text_mode: "fixed" (frozen CLIP text embeddings of the prompts) or "random" (learnable random vectors
+            instead of text: the control of the paper's Table 6).
         feature_dim: channels C of the decoder features z2D, z3D.
         temperature: τ of Eq. (14) (paper: 0.4).
         num_pairs: positive pairs sampled per batch at each level (memory stays bounded).
@@ -46,6 +49,7 @@ class Text4PointPretraining(FrozenWeightsNotSaved, L.LightningModule):
 
     def __init__(self, clip_model: str = "RN50", clip_pretrained: str | None = "openai",
                  class_names: list[str] | None = None, prompt_template: str = "point cloud of {}.",
+                 text_mode: str = "fixed",
                  in_channels: int = 3, feature_dim: int = 128, temperature: float = 0.4, num_pairs: int = 4096,
                  depth_loss_weight: float = 1.0, decoder_width: int = 256, lr: float = 0.1, momentum: float = 0.9,
                  weight_decay: float = 1e-4, lr_decay: float = 0.99, lr_decay_steps: int = 100,
@@ -54,11 +58,12 @@ class Text4PointPretraining(FrozenWeightsNotSaved, L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         class_names = list(class_names or CLASS_LABELS)
+        if text_mode not in ("fixed", "random"):
+            raise ValueError(f"text_mode must be 'fixed' or 'random' for pre-training, got {text_mode!r}")
         clip, tokenizer = load_clip(clip_model, clip_pretrained)
         self.image_encoder = CLIPDenseImageEncoder(clip)
-        with torch.no_grad():
-            text = CLIPTextEncoder(clip, tokenizer)(class_prompts(class_names, prompt_template))
-        self.register_buffer("text_embeddings", text.float(), persistent=False)
+        options = {"template": prompt_template} if text_mode == "fixed" else {}
+        self.text = build_class_embeddings(text_mode, CLIPTextEncoder(clip, tokenizer), class_names, **options)
         d = self.image_encoder.embed_dim
         self.image_decoder = ImageDecoder(d, feature_dim, decoder_width)
         self.net = Text4PointNet(in_channels, feature_dim, d, use_tqm=use_tqm, tqm_heads=tqm_heads,
@@ -73,7 +78,7 @@ class Text4PointPretraining(FrozenWeightsNotSaved, L.LightningModule):
         rows_in = lookup_rows(x.C, batch["coord"].to(self.device))  # dataset voxel -> row of x (ME may reorder)
         h2d = self.image_encoder(images)["dense"]
         z2d, depth = self.image_decoder(h2d)
-        feats = self.net(x, self.text_embeddings)
+        feats = self.net(x, self.text())
 
         pairs = batch["pairs"].to(self.device)  # [M, 4] (batch, voxel, row, col)
         fine = rows_in[pairs[:, 1]]

@@ -17,6 +17,7 @@ def sharded_loader(dataset: Dataset, trainer: L.Trainer | None, batch_size: int,
     world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed,
                                  drop_last=drop_last)
+    # Workers are not persistent: each epoch forks them anew, so per-epoch dataset state (the epoch that seeds
+    # augmentations, set through ``set_epoch``) reaches them.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=collate_fn, drop_last=drop_last, persistent_workers=num_workers > 0,
-                      pin_memory=False)
+                      collate_fn=collate_fn, drop_last=drop_last, persistent_workers=False, pin_memory=False)

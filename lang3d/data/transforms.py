@@ -1,0 +1,172 @@
+"""Composable point-cloud transforms over a per-room dict of numpy arrays (Pointcept style).
+
+A room dict holds ``coord`` [P,3] float metres, ``color`` [P,3] in 0..255 (uint8 or float), ``segment`` [P]
+int labels and any other keys, which pass through. Every transform is called as ``t(data, rng)`` with an
+explicit ``np.random.Generator`` (deterministic ones ignore it), so a pipeline is reproducible from a seed.
+Transforms return a new dict and never write into the input arrays (they may be shared, e.g. cached).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+class Compose:
+    """Apply ``transforms`` in order, passing the same generator along."""
+
+    def __init__(self, transforms: Sequence):
+        self.transforms = list(transforms)
+
+    def __call__(self, data: dict, rng: np.random.Generator) -> dict:
+        for transform in self.transforms:
+            data = transform(data, rng)
+        return data
+
+
+def _xy_centre(coord: np.ndarray) -> np.ndarray:
+    return np.array([(coord[:, 0].min() + coord[:, 0].max()) / 2, (coord[:, 1].min() + coord[:, 1].max()) / 2])
+
+
+class CenterShift:
+    """Move the room so that its x-y bounding box is centred on the origin and (``apply_z``) its z minimum is 0."""
+
+    def __init__(self, apply_z: bool = True):
+        self.apply_z = apply_z
+
+    def __call__(self, data: dict, rng: np.random.Generator | None = None) -> dict:
+        coord = np.asarray(data["coord"])
+        shift = np.zeros(3, dtype=coord.dtype)
+        shift[:2] = _xy_centre(coord)
+        if self.apply_z:
+            shift[2] = coord[:, 2].min()
+        return {**data, "coord": coord - shift}
+
+
+class RandomFlipXY:
+    """Mirror x (probability ``p``) and, independently, y (probability ``p``) about the x-y bounding-box centre."""
+
+    def __init__(self, p: float = 0.5):
+        self.p = p
+
+    def __call__(self, data: dict, rng: np.random.Generator) -> dict:
+        coord = np.array(data["coord"])
+        centre = _xy_centre(coord)
+        for axis in (0, 1):
+            if rng.random() < self.p:
+                coord[:, axis] = 2 * centre[axis] - coord[:, axis]
+        return {**data, "coord": coord}
+
+
+class RandomRotateZ:
+    """Rotate about the vertical axis through the x-y bounding-box centre by an angle drawn uniformly from
+    ``angle`` = (low, high) radians."""
+
+    def __init__(self, angle: tuple[float, float] = (-np.pi, np.pi)):
+        self.angle = angle
+
+    def __call__(self, data: dict, rng: np.random.Generator) -> dict:
+        coord = np.asarray(data["coord"])
+        theta = rng.uniform(*self.angle)
+        c, s = np.cos(theta), np.sin(theta)
+        rot = np.array([[c, -s], [s, c]])
+        centre = _xy_centre(coord)
+        out = coord.copy()
+        out[:, :2] = ((coord[:, :2] - centre) @ rot.T + centre).astype(coord.dtype)
+        return {**data, "coord": out}
+
+
+class RandomScale:
+    """Scale coordinates isotropically (about the origin) by a factor drawn uniformly from ``scale`` = (low, high)."""
+
+    def __init__(self, scale: tuple[float, float] = (0.9, 1.1)):
+        self.scale = scale
+
+    def __call__(self, data: dict, rng: np.random.Generator) -> dict:
+        coord = np.asarray(data["coord"])
+        return {**data, "coord": (coord * rng.uniform(*self.scale)).astype(coord.dtype)}
+
+
+class ChromaticJitter:
+    """Add Gaussian colour noise of std ``std`` x 255 per point and channel, clipped to 0..255; output float32."""
+
+    def __init__(self, std: float = 0.05):
+        self.std = std
+
+    def __call__(self, data: dict, rng: np.random.Generator) -> dict:
+        color = np.asarray(data["color"], dtype=np.float32)
+        noise = rng.normal(0.0, self.std * 255.0, size=color.shape).astype(np.float32)
+        return {**data, "color": np.clip(color + noise, 0.0, 255.0)}
+
+
+class GridSample:
+    """Voxelise into cubes of edge ``voxel_size`` metres (voxel of point p = floor(p / voxel_size)).
+
+    Output: ``coord`` [V,3] int32 voxel indices (unique, lexicographically sorted, as ``lang3d.geometry.voxelize``),
+    ``color`` [V,3] float32 in [0,1], ``segment`` [V] int64 and ``inverse`` [P,1] int64 (voxel of each input
+    point). ``mode="train"``: one point drawn uniformly per voxel (Pointcept), giving the voxel its colour and
+    label. ``mode="test"``: colour = mean over the voxel's points, label = the most frequent label among them
+    (ties to the smallest label). ``keep_points``: also keep the input points as ``point_coord`` [P,3] float32,
+    ``point_segment`` [P] int64 and ``point_color`` [P,3] (input dtype). Other keys pass through; ``instance``
+    is dropped (it has no voxel-level meaning here).
+    """
+
+    def __init__(self, voxel_size: float, mode: str = "train", keep_points: bool = False):
+        if mode not in ("train", "test"):
+            raise ValueError(f"GridSample mode must be 'train' or 'test', got {mode!r}")
+        self.voxel_size = voxel_size
+        self.mode = mode
+        self.keep_points = keep_points
+
+    def __call__(self, data: dict, rng: np.random.Generator | None = None) -> dict:
+        coord = np.asarray(data["coord"])
+        color = np.asarray(data["color"])
+        segment = np.asarray(data["segment"]).astype(np.int64)
+        grid = np.floor(coord.astype(np.float64) / self.voxel_size).astype(np.int64)
+        voxels, inverse, counts = _unique_rows(grid)
+        out = {k: v for k, v in data.items() if k not in ("coord", "color", "segment", "instance")}
+        if self.mode == "train":
+            if rng is None:
+                raise ValueError("GridSample(mode='train') draws one point per voxel: pass an rng")
+            order = np.argsort(inverse, kind="stable")
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            chosen = order[starts + (rng.random(len(counts)) * counts).astype(np.int64)]
+            out["color"] = color[chosen].astype(np.float32) / 255.0
+            out["segment"] = segment[chosen]
+        else:
+            sums = np.stack([np.bincount(inverse, weights=color[:, c], minlength=len(voxels)) for c in range(3)], 1)
+            out["color"] = (sums / counts[:, None] / 255.0).astype(np.float32)
+            out["segment"] = _voxel_mode(inverse, segment, len(voxels))
+        out["coord"] = voxels.astype(np.int32)
+        out["inverse"] = inverse[:, None]
+        if self.keep_points:
+            out["point_coord"] = coord.astype(np.float32)
+            out["point_segment"] = segment
+            out["point_color"] = color
+        return out
+
+
+def _unique_rows(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unique rows of int64 [P,3] in lexicographic order via one raveled key (much faster than unique(axis=0)).
+
+    Returns (rows [V,3] int64, inverse [P] int64, counts [V] int64).
+    """
+    low = grid.min(0)
+    dims = grid.max(0) - low + 1
+    shifted = grid - low
+    key = (shifted[:, 0] * dims[1] + shifted[:, 1]) * dims[2] + shifted[:, 2]
+    keys, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    rows = np.stack([keys // (dims[1] * dims[2]), keys // dims[2] % dims[1], keys % dims[2]], 1) + low
+    return rows, inverse.reshape(-1).astype(np.int64), counts.astype(np.int64)
+
+
+def _voxel_mode(inverse: np.ndarray, label: np.ndarray, num_voxels: int) -> np.ndarray:
+    """Most frequent label per voxel, ties to the smallest label: [V] int64."""
+    span = int(label.max() - label.min()) + 1
+    pairs, counts = np.unique(inverse * span + (label - label.min()), return_counts=True)
+    voxel, value = pairs // span, pairs % span + label.min()
+    best = np.lexsort((value, -counts, voxel))  # by voxel, then count descending, then label ascending
+    first = best[np.r_[True, voxel[best][1:] != voxel[best][:-1]]]
+    out = np.empty(num_voxels, dtype=np.int64)
+    out[voxel[first]] = value[first]
+    return out

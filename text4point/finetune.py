@@ -1,0 +1,185 @@
+"""Text4Point fine-tuning for semantic segmentation (Sec. 3.4, 4.2, appendix B.1): the pre-trained 3D network
+with the Text Querying Module fed by class text embeddings (learnable CoOp prompts through the frozen CLIP text
+encoder), an auxiliary score-map loss at the encoder (Eq. 15-16), and evaluation on every input point."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import MinkowskiEngine as ME
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from plyfile import PlyData, PlyElement
+
+from lang3d.backbones.res16unet import convert_sync_batchnorm
+from lang3d.checkpoint import load_pretrained_weights
+from lang3d.clip import CLIPTextEncoder, load_clip
+from lang3d.metrics import SegmentationMetrics
+from lang3d.prompt_learner import PROMPT_KINDS, build_class_embeddings
+from lang3d.sparse_index import lookup_rows
+from lang3d.tensorboard import confusion_image, label_colors, log_image, log_point_cloud
+from text4point.aux_loss import auxiliary_loss, pseudo_labels
+from text4point.network import Text4PointNet
+
+ENCODER_STRIDE = 16
+
+
+class Text4PointSegmentation(L.LightningModule):
+    """Semantic segmentation on sparse voxels. Batches come from ``S3DISDataModule``.
+
+    Args:
+        class_names: the K classes, in label order (their names make the text prompts).
+        clip_model / clip_pretrained: the frozen CLIP whose text encoder embeds the class names; must be the
+            model the pre-training used (its width d sizes the Text Querying Module).
+        text_mode: "learned" (CoOp: ``n_ctx`` learnable context vectors), "fixed" ("point cloud of [cls]."), or
+            "random" (learnable random embeddings instead of text: the paper's Table 6 control).
+        use_tqm: the Text Querying Module (off: the plain SR-UNet baseline).
+        pretrained: a Text4Point pre-training checkpoint; its 3D network is loaded by name (the task head is
+            re-initialised); None trains from scratch.
+        aux_loss_weight / aux_temperature / aux_radius_voxels: the auxiliary loss (0 disables it); the radius of
+            the pseudo-label neighbourhood is in input-voxel units (default: half an encoder cell).
+        ignore_index: label ignored by the losses and metrics.
+        lr, momentum, weight_decay, poly_power: SGD with a polynomial schedule over the run's total steps.
+    """
+
+    def __init__(self, class_names: list[str], clip_model: str = "RN50", clip_pretrained: str | None = "openai",
+                 text_mode: str = "learned", n_ctx: int = 8, prompt_template: str = "point cloud of {}.",
+                 use_tqm: bool = True, tqm_heads: int = 1, pretrained: str | None = None, in_channels: int = 3,
+                 aux_loss_weight: float = 1.0, aux_temperature: float = 0.07, aux_radius_voxels: float = 8.0,
+                 ignore_index: int = -1, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 1e-4,
+                 poly_power: float = 0.9, stem_kernel_size: int = 3, bn_momentum: float = 0.05,
+                 log_point_cloud_every_n_epochs: int = 1):
+        super().__init__()
+        if text_mode not in PROMPT_KINDS:
+            raise ValueError(f"text_mode must be one of {PROMPT_KINDS}, got {text_mode!r}")
+        self.save_hyperparameters()
+        self.class_names = list(class_names)
+        clip, tokenizer = load_clip(clip_model, clip_pretrained)
+        text_encoder = CLIPTextEncoder(clip, tokenizer)
+        options = {"learned": {"n_ctx": n_ctx}, "fixed": {"template": prompt_template}, "random": {}}[text_mode]
+        self.text = build_class_embeddings(text_mode, text_encoder, self.class_names, **options)
+        d = text_encoder.embed_dim
+        self.net = Text4PointNet(in_channels, len(self.class_names), d, use_tqm=use_tqm, tqm_heads=tqm_heads,
+                                 stem_kernel_size=stem_kernel_size, bn_momentum=bn_momentum)
+        if pretrained:
+            report = load_pretrained_weights(self.net, pretrained, prefix="net.", reinit_prefixes=("backbone.head.",))
+            rank_zero_info(f"Text4Point weights from {pretrained}:\n{report.summary()}")
+        self.val_metrics = SegmentationMetrics(len(self.class_names), ignore_index)
+        self.test_metrics = SegmentationMetrics(len(self.class_names), ignore_index)
+        self._shown_room: dict | None = None
+
+    # ---------------------------------------------------------------- forward and losses
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """Logits [ΣV, K] per input voxel (in the batch's row order) and the intermediate features."""
+        coords = batch["coord"].to(self.device)
+        x = ME.SparseTensor(features=batch["color"].to(self.device) - 0.5, coordinates=coords, device=self.device)
+        rows = lookup_rows(x.C, coords)
+        text = self.text()
+        feats = self.net(x, text)
+        return feats.z3d.F[rows], {"feats": feats, "text": text}
+
+    def _losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        logits, extra = self(batch)
+        target = batch["segment"].to(self.device)
+        loss_task = F.cross_entropy(logits, target, ignore_index=self.hparams.ignore_index)
+        out = {"loss_task": loss_task, "loss": loss_task}
+        if self.hparams.aux_loss_weight > 0:
+            h3d = extra["feats"].h3d
+            coords = batch["coord"].to(self.device)
+            labels = pseudo_labels(h3d.C[:, 1:].float() + ENCODER_STRIDE / 2, h3d.C[:, 0], coords[:, 1:].float() + 0.5,
+                                   coords[:, 0], target, self.hparams.aux_radius_voxels, self.hparams.ignore_index)
+            loss_aux = auxiliary_loss(extra["feats"].h3d_expanded, extra["text"], labels,
+                                      self.hparams.aux_temperature, self.hparams.ignore_index)
+            out["loss_aux"] = loss_aux
+            out["loss"] = loss_task + self.hparams.aux_loss_weight * loss_aux
+        return out
+
+    def predict_points(self, batch: dict) -> torch.Tensor:
+        """Class per original point [ΣP]: each voxel's prediction mapped back through the inverse index."""
+        logits, _ = self(batch)
+        return logits.argmax(1)[batch["inverse"][:, 1].to(self.device)]
+
+    # ---------------------------------------------------------------- Lightning hooks
+    def setup(self, stage: str) -> None:
+        if self.trainer.world_size > 1 and self.trainer.strategy.root_device.type == "cuda":
+            self.net = convert_sync_batchnorm(self.net)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self._losses(batch)
+        bs = len(batch["names"])
+        for key, value in out.items():
+            self.log(f"train/{key}", value, batch_size=bs, prog_bar=key == "loss")
+        if self.hparams.use_tqm:
+            self.log("tqm/alpha", self.net.alpha, batch_size=bs)
+            self.log("tqm/beta", self.net.beta, batch_size=bs)
+        return out["loss"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        pred = self.predict_points(batch)
+        self.val_metrics.update(pred, batch["point_segment"].to(self.device))
+        if batch_idx == 0:
+            first = batch["inverse"][:, 0] == 0
+            self._shown_room = {"xyz": batch["point_coord"][first].cpu().numpy(),
+                                "pred": pred[first.to(self.device)].cpu().numpy(),
+                                "gt": batch["point_segment"][first].cpu().numpy(), "name": batch["names"][0]}
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val", self.val_metrics)
+        room, every = self._shown_room, self.hparams.log_point_cloud_every_n_epochs
+        if room is not None and every and self.current_epoch % every == 0 and not self.trainer.sanity_checking:
+            k = len(self.class_names)
+            log_point_cloud(self.logger, "val_room/prediction", room["xyz"], label_colors(room["pred"], k), self.global_step)
+            log_point_cloud(self.logger, "val_room/ground_truth", room["xyz"], label_colors(room["gt"], k), self.global_step)
+        self._shown_room = None
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        pred = self.predict_points(batch)
+        self.test_metrics.update(pred, batch["point_segment"].to(self.device))
+        self._write_predictions(batch, pred.cpu().numpy())
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test", self.test_metrics)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: max(1.0 - step / total, 0.0) ** hp.poly_power)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ---------------------------------------------------------------- reporting
+    def _log_scores(self, stage: str, metrics: SegmentationMetrics) -> None:
+        scores = metrics.scores()
+        self.log_dict({f"{stage}/miou": scores["miou"].float(), f"{stage}/macc": scores["macc"].float(),
+                       f"{stage}/oa": scores["oa"].float()})
+        self.log_dict({f"{stage}_iou/{name}": scores["iou"][i].float() for i, name in enumerate(self.class_names)
+                       if not torch.isnan(scores["iou"][i])})
+        confusion = metrics.compute().cpu().numpy()
+        log_image(self.logger, f"{stage}/confusion_matrix", confusion_image(confusion, self.class_names), self.global_step)
+        metrics.reset()
+
+    def _write_predictions(self, batch: dict, pred: np.ndarray) -> None:
+        """Per room: ``<log_dir>/predictions/<name>.labels.npy`` (class per point) and ``<name>.ply`` (points
+        coloured by prediction)."""
+        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "predictions"
+        owner = batch["inverse"][:, 0].numpy()
+        xyz = batch["point_coord"].numpy()
+        for b, name in enumerate(batch["names"]):
+            mask = owner == b
+            labels = pred[mask]
+            path = out_dir / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path.with_suffix(".labels.npy"), labels.astype(np.int64))
+            colors = label_colors(labels, len(self.class_names))
+            vertex = np.empty(len(labels), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"),
+                                                  ("green", "u1"), ("blue", "u1"), ("label", "u2")])
+            for axis, key in enumerate("xyz"):
+                vertex[key] = xyz[mask, axis]
+            for channel, key in enumerate(("red", "green", "blue")):
+                vertex[key] = colors[:, channel]
+            vertex["label"] = labels
+            PlyData([PlyElement.describe(vertex, "vertex")]).write(str(path.with_suffix(".ply")))
