@@ -46,7 +46,7 @@ pretrain-text4point: $(STAMP)
 endif
 
 $(SYNTHETIC_S3DIS)/Stanford3dDataset_v1.2_Aligned_Version: | $(STAMP)
-	$(PY) -m datamodules.synthetic.s3dis --out $(SYNTHETIC_S3DIS) --rooms-per-area 3
+	$(PY) -m datamodules.synthetic.s3dis --out $(SYNTHETIC_S3DIS) --rooms-per-area 3 --points-per-room 8000
 
 synthetic-s3dis: $(SYNTHETIC_S3DIS)/Stanford3dDataset_v1.2_Aligned_Version
 
@@ -66,6 +66,7 @@ endif
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/text4point_pretrain.py
+	$(PY) benchmarks/text4point_s3dis.py
 
 clean-venv:
 	rm -rf $(VENV)

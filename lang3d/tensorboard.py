@@ -74,4 +74,4 @@ def log_point_cloud(logger, tag: str, points: np.ndarray, colors: np.ndarray, st
 def log_image(logger, tag: str, image: np.ndarray, step: int) -> None:
     """Log uint8 [H, W, 3] to TensorBoard (no-op for other loggers)."""
     if isinstance(logger, TensorBoardLogger):
-        logger.experiment.add_image(tag, torch.from_numpy(np.ascontiguousarray(image)), step, dataformats="HWC")
+        logger.experiment.add_image(tag, torch.from_numpy(np.array(image)), step, dataformats="HWC")

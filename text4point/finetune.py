@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from plyfile import PlyData, PlyElement
 
-from lang3d.backbones.res16unet import convert_sync_batchnorm
+from lang3d.backbones.res16unet import sync_batchnorm_under_ddp
 from lang3d.checkpoint import load_pretrained_weights
 from lang3d.clip import CLIPTextEncoder, load_clip
 from lang3d.metrics import SegmentationMetrics
@@ -103,8 +103,9 @@ class Text4PointSegmentation(L.LightningModule):
 
     # ---------------------------------------------------------------- Lightning hooks
     def setup(self, stage: str) -> None:
-        if self.trainer.world_size > 1 and self.trainer.strategy.root_device.type == "cuda":
-            self.net = convert_sync_batchnorm(self.net)
+        """Under multi-GPU DDP the sparse network's BatchNorm becomes MinkowskiSyncBatchNorm (the dense layers'
+        BatchNorm follows ``trainer.sync_batchnorm``)."""
+        self.net = sync_batchnorm_under_ddp(self.net, self.trainer)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self._losses(batch)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.scannet.meta import CLASS_LABELS
-from lang3d.backbones.res16unet import convert_sync_batchnorm
+from lang3d.backbones.res16unet import sync_batchnorm_under_ddp
 from lang3d.checkpoint import FrozenWeightsNotSaved
 from lang3d.clip import CLIPDenseImageEncoder, CLIPTextEncoder, load_clip
 from lang3d.losses import masked_l1, pixel_voxel_contrastive_loss
@@ -109,9 +109,7 @@ class Text4PointPretraining(FrozenWeightsNotSaved, L.LightningModule):
     def setup(self, stage: str) -> None:
         """Under multi-GPU DDP the sparse network's BatchNorm becomes MinkowskiSyncBatchNorm (the dense layers'
         BatchNorm follows ``trainer.sync_batchnorm``)."""
-        strategy = self.trainer.strategy
-        if self.trainer.world_size > 1 and strategy.root_device.type == "cuda":
-            self.net = convert_sync_batchnorm(self.net)
+        self.net = sync_batchnorm_under_ddp(self.net, self.trainer)
 
     def training_step(self, batch: dict, batch_idx: int):
         n_skipped = sum(batch["skipped"].values())

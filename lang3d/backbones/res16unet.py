@@ -234,6 +234,14 @@ def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
     return module
 
 
+def sync_batchnorm_under_ddp(module: nn.Module, trainer) -> nn.Module:
+    """``convert_sync_batchnorm(module)`` when ``trainer`` runs several processes on GPUs, else ``module``
+    unchanged (call from a LightningModule's ``setup``, before the optimizer is built)."""
+    if trainer.world_size > 1 and trainer.strategy.root_device.type == "cuda":
+        return convert_sync_batchnorm(module)
+    return module
+
+
 def sparse_features_like(x: ME.SparseTensor, features: Tensor) -> ME.SparseTensor:
     """SparseTensor with ``features`` [N, C] on x's coordinate map key and manager (rows as ``x.F``)."""
     if not isinstance(features, Tensor) or features.ndim != 2 or features.shape[0] != x.F.shape[0]:

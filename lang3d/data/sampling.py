@@ -1,13 +1,15 @@
 """Data loaders that shard across DDP ranks and reshuffle deterministically per epoch.
 
 Lightning calls ``set_epoch`` on the sampler every epoch, so the order of epoch e depends only on
-(seed, e): a run resumed from a checkpoint sees the same batches as an uninterrupted one.
+(seed, e): a run resumed from a checkpoint sees the same batches as an uninterrupted one. Evaluation loaders
+(``shuffle=False``) split the samples without padding, so under DDP every sample is scored exactly once.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 import lightning as L
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
@@ -15,8 +17,8 @@ def sharded_loader(dataset: Dataset, trainer: L.Trainer | None, batch_size: int,
                    num_workers: int, collate_fn: Callable, drop_last: bool = False) -> DataLoader:
     """A DataLoader whose sampler holds this rank's shard (world size 1 without a trainer)."""
     world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed,
-                                 drop_last=drop_last)
+    sampler_type = DistributedSampler if shuffle else UnrepeatedDistributedSampler
+    sampler = sampler_type(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
     # Workers are not persistent: each epoch forks them anew, so per-epoch dataset state (the epoch that seeds
     # augmentations, set through ``set_epoch``) reaches them.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
