@@ -1,0 +1,7 @@
+"""SEPE (Semantic Enhanced Point-E): text + image fusion conditioning base40M, and its geometric losses."""
+from sepe.fusion import ConcatFusion, CrossAttentionFusion, drop_pair, forward_with_condition
+from sepe.geometric_losses import (COLOR_SCALE, chamfer_distance, color_loss, laplacian_smoothness,
+                                   mean_neighbour_distance, uniformity)
+
+__all__ = ["COLOR_SCALE", "ConcatFusion", "CrossAttentionFusion", "chamfer_distance", "color_loss", "drop_pair",
+           "forward_with_condition", "laplacian_smoothness", "mean_neighbour_distance", "uniformity"]

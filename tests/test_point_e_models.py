@@ -380,3 +380,14 @@ def test_conditioner_is_frozen_and_feeds_the_models(conditioner):
         assert vec_model(x, t, vector=conditioner.embed_text(["a", "b"])).shape == (2, 12, 7)
     with pytest.raises(TypeError, match="ViT with a class token"):
         CLIPConditioner.load("lang3d-tiny-RN", None)
+
+
+def test_text_token_states_end_in_the_text_vector(conditioner):
+    texts = ["a red chair", "a small wooden table with four legs"]
+    states, mask = conditioner.embed_text_tokens(texts)
+    assert states.shape[:2] == mask.shape and states.shape[-1] == conditioner.vector_width
+    lengths = mask.sum(1)
+    assert lengths[1] > lengths[0] and bool(mask[:, 0].all())
+    eot = states[torch.arange(2), lengths - 1]
+    torch.testing.assert_close(torch.nn.functional.normalize(eot, dim=-1), conditioner.embed_text(texts),
+                               rtol=1e-5, atol=1e-6)

@@ -111,3 +111,18 @@ class CLIPConditioner(nn.Module):
             raise ValueError("texts must be a non-empty sequence of strings")
         tokens = self.tokenizer(list(texts)).to(self.device)
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+
+    @torch.no_grad()
+    def embed_text_tokens(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Texts -> (token states [B, L, vector_width] float32 after ln_final and the text projection, mask
+        [B, L] bool, True up to and including the end-of-text token). The state at the end-of-text token,
+        L2-normalised, is ``embed_text``."""
+        if isinstance(texts, str) or not texts:
+            raise ValueError("texts must be a non-empty sequence of strings")
+        m = self.model
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        x = m.token_embedding(tokens).to(m.transformer.get_cast_dtype()) + m.positional_embedding
+        x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask))
+        x = m.text_projection(x) if isinstance(m.text_projection, nn.Linear) else x @ m.text_projection
+        mask = torch.arange(tokens.shape[1], device=tokens.device)[None] <= tokens.argmax(-1)[:, None]
+        return x.float(), mask
