@@ -16,15 +16,14 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from datamodules.cap3d.captions import read_captions
 from datamodules.cap3d.objects import RenderedViews, composite, read_point_cloud
 from lang3d.data.object_samples import PointSelector, check_cloud, collate_object_samples
 from lang3d.data.point_ops import normalize_unit_sphere
-from lang3d.data.sampling import sharded_loader
+from lang3d.data.sampling import EpochSeededDataset, sharded_loader
 
 CAPTION_FILES = {"ABO": ("Cap3D_automated_ABO.csv",),
                  "Objaverse": ("Cap3D_automated_Objaverse_full.csv", "Cap3D_automated_Objaverse.csv")}
@@ -102,29 +101,24 @@ def index_objects(captions: dict[str, str], point_dir: Path, view_dir: Path | No
     return objects, missing
 
 
-class Cap3DObjects(Dataset):
+class Cap3DObjects(EpochSeededDataset):
     """One split's objects. Sample i: ``points`` float32 [N,3] (``selector``'s N points, centred, unit sphere),
     ``colors`` float32 [N,3] in 0..1, ``caption``, ``uid`` and, with ``load_images``, ``image`` uint8 [H,W,3]
     (one non-blank view, composited over ``background``, resized to ``image_size`` = (H, W)), ``view`` (its id)
     and ``skip_counts`` {"blank_view": k} when k blank views were passed over. An empty or non-finite cloud, or
     an object whose views are all blank, gives ``{"uid", "skipped": reason}``.
 
-    The view of sample i is drawn by ``np.random.default_rng([seed, epoch, i])``; the epoch lives in shared
-    memory so that loader workers see ``set_epoch``.
+    The view of sample i is drawn by ``self.rng(i)``, seeded with (seed, epoch, i).
     """
 
     def __init__(self, objects: list[Cap3DObject], selector: PointSelector, image_size: tuple[int, int] = (224, 224),
                  background: int = 255, load_images: bool = True, seed: int = 0):
+        super().__init__(seed)
         self.objects = list(objects)
         self.selector = selector
         self.image_size = tuple(image_size)
         self.background = background
         self.load_images = load_images
-        self.seed = seed
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.objects)
@@ -144,7 +138,7 @@ class Cap3DObjects(Dataset):
         views = RenderedViews(obj.views)
         if not views.views:
             raise FileNotFoundError(f"Cap3D views {obj.views}: no NNNNN.png view in it")
-        rng = np.random.default_rng([self.seed, int(self._epoch), index])
+        rng = self.rng(index)
         blank = 0
         for k in rng.permutation(len(views.views)):
             view = views.views[k]
@@ -263,16 +257,8 @@ class Cap3DDataModule(L.LightningDataModule):
         hp = self.hparams
         self.setup("fit")
         dataset = self.datasets["train"]
-        loader = sharded_loader(dataset, self.trainer, hp.batch_size, True, hp.seed, hp.num_workers,
-                                collate_object_samples, drop_last=hp.drop_last)
-        sampler_set_epoch = loader.sampler.set_epoch
-
-        def set_epoch(epoch: int) -> None:  # Lightning calls this every epoch: reseed the view draws too
-            sampler_set_epoch(epoch)
-            dataset.set_epoch(epoch)
-
-        loader.sampler.set_epoch = set_epoch
-        return loader
+        return sharded_loader(dataset, self.trainer, hp.batch_size, True, hp.seed, hp.num_workers,
+                              collate_object_samples, drop_last=hp.drop_last)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

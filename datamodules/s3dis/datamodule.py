@@ -12,14 +12,12 @@ from functools import partial
 from pathlib import Path
 
 import lightning as L
-import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from datamodules.s3dis.raw import S3DIS_CLASSES, list_rooms, resolve_raw_root
 from datamodules.s3dis.rooms import load_room, prepare_rooms, room_path
 from lang3d.data.collate import collate_point_samples
-from lang3d.data.sampling import sharded_loader
+from lang3d.data.sampling import EpochSeededDataset, sharded_loader
 from lang3d.data.transforms import (CenterShift, ChromaticJitter, Compose, GridSample, RandomFlipXY, RandomRotateZ,
                                     RandomScale)
 
@@ -42,27 +40,22 @@ def split_areas(areas, test_area: int = 5, cross_validation_fold: int | None = N
     return [a for a in areas if a != test_area], [test_area]
 
 
-class S3DISRooms(Dataset):
+class S3DISRooms(EpochSeededDataset):
     """Whole prepared rooms ``names`` ("Area_5/office_1") under ``cache_root``, each passed through ``transform``.
 
     Index i serves room ``i % len(names)`` (``loop`` repeats per epoch). The generator of sample i is seeded
     with (seed, epoch, i), so augmentations differ between epochs and repeats, and are reproducible
-    (independent of workers and DDP ranks). The epoch lives in shared memory so that loader workers (persistent or
-    not) see ``set_epoch``. A sample holds the ``keys`` of the transformed room dict.
+    (independent of workers and DDP ranks). A sample holds the ``keys`` of the transformed room dict.
     """
 
     def __init__(self, cache_root: str | Path, names: list[str], transform: Compose, keys: tuple[str, ...],
                  seed: int = 0, loop: int = 1):
+        super().__init__(seed)
         self.cache_root = Path(cache_root)
         self.names = list(names)
         self.transform = transform
         self.keys = keys
-        self.seed = seed
         self.loop = loop
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.names) * self.loop
@@ -70,8 +63,7 @@ class S3DISRooms(Dataset):
     def __getitem__(self, index: int) -> dict:
         name = self.names[index % len(self.names)]
         room = load_room(room_path(self.cache_root, name))
-        rng = np.random.default_rng([self.seed, int(self._epoch), index])
-        data = self.transform({**room, "name": name}, rng)
+        data = self.transform({**room, "name": name}, self.rng(index))
         return {key: data[key] for key in self.keys}
 
 
@@ -155,9 +147,7 @@ class S3DISDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         collate = partial(collate_point_samples, point_keys=("color", "segment"), stack_keys=(), index_keys=())
-        loader = sharded_loader(self.train_set, self.trainer, hp.batch_size, True, hp.seed, hp.num_workers, collate)
-        _forward_set_epoch(loader, self.train_set)
-        return loader
+        return sharded_loader(self.train_set, self.trainer, hp.batch_size, True, hp.seed, hp.num_workers, collate)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader()
@@ -179,13 +169,3 @@ class S3DISDataModule(L.LightningDataModule):
                                     f"({len(missing)} rooms in all): call prepare_data() first")
         return names
 
-
-def _forward_set_epoch(loader: DataLoader, dataset: S3DISRooms) -> None:
-    """Make the loader's sampler pass ``set_epoch`` (called by Lightning every epoch) on to ``dataset``."""
-    sampler_set_epoch = loader.sampler.set_epoch
-
-    def set_epoch(epoch: int) -> None:
-        sampler_set_epoch(epoch)
-        dataset.set_epoch(epoch)
-
-    loader.sampler.set_epoch = set_epoch

@@ -1,7 +1,9 @@
 """Data loaders that shard across DDP ranks and reshuffle deterministically per epoch.
 
 Lightning calls ``set_epoch`` on the sampler every epoch, so the order of epoch e depends only on
-(seed, e): a run resumed from a checkpoint sees the same batches as an uninterrupted one. Evaluation loaders
+(seed, e): a run resumed from a checkpoint sees the same batches as an uninterrupted one. The samplers pass the
+epoch on to an ``EpochSeededDataset``, whose per-sample random draws (augmentations, view choice) then depend
+only on (seed, epoch, index) as well. Evaluation loaders
 (``shuffle=False``) split the samples without padding, so under DDP every sample is scored exactly once.
 """
 from __future__ import annotations
@@ -9,15 +11,47 @@ from __future__ import annotations
 from typing import Callable
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+
+class EpochSeededDataset(Dataset):
+    """Base for datasets with per-sample randomness: ``rng(index)`` is seeded with (seed, epoch, index). The
+    epoch lives in shared memory, so DataLoader worker processes see ``set_epoch`` too."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(epoch)
+
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, int(self._epoch), index])
+
+
+class _ForwardEpoch:
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        if isinstance(self.dataset, EpochSeededDataset):
+            self.dataset.set_epoch(epoch)
+
+
+class _TrainSampler(_ForwardEpoch, DistributedSampler):
+    """Shuffled per (seed, epoch), padded to equal shards."""
+
+
+class _EvalSampler(_ForwardEpoch, UnrepeatedDistributedSampler):
+    """In order, unpadded: every sample on exactly one rank."""
 
 
 def sharded_loader(dataset: Dataset, trainer: L.Trainer | None, batch_size: int, shuffle: bool, seed: int,
                    num_workers: int, collate_fn: Callable, drop_last: bool = False) -> DataLoader:
     """A DataLoader whose sampler holds this rank's shard (world size 1 without a trainer)."""
     world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-    sampler_type = DistributedSampler if shuffle else UnrepeatedDistributedSampler
+    sampler_type = _TrainSampler if shuffle else _EvalSampler
     sampler = sampler_type(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
     # Workers are not persistent: each epoch forks them anew, so per-epoch dataset state (the epoch that seeds
     # augmentations, set through ``set_epoch``) reaches them.
