@@ -6,6 +6,8 @@
 #   make finetune-s3dis        Text4Point fine-tuning on S3DIS; S3DIS=/path/to/s3dis CKPT=/path/to/pretrain.ckpt,
 #                              otherwise a demo on built-in synthetic rooms (with the pre-training demo's checkpoint
 #                              when there is one)
+#   make sepe                  SEPE fine-tuning of Point-E (configs/sepe.yaml: built-in Cap3D-format data and tiny
+#                              models as shipped; see its header for a real run), ARGS=... for overrides
 #   make benchmark             data-pipeline and model throughput figures
 
 VENV ?= .venv
@@ -19,7 +21,7 @@ CKPT ?=
 DEMO_PRETRAIN_CKPT := runs/text4point_pretrain_demo/checkpoints/last.ckpt
 ARGS ?=
 
-.PHONY: install test pretrain-text4point finetune-s3dis benchmark synthetic-scannet synthetic-s3dis clean-venv
+.PHONY: install test pretrain-text4point finetune-s3dis sepe benchmark synthetic-scannet synthetic-s3dis clean-venv
 
 install: $(STAMP)
 
@@ -63,6 +65,9 @@ finetune-s3dis: $(STAMP)
 	$(PY) -m lang3d fit -c configs/text4point/finetune_s3dis.yaml --data.root $(S3DIS) \
 		--model.pretrained "$(if $(CKPT),$(CKPT),null)" $(ARGS)
 endif
+
+sepe: $(STAMP)
+	$(PY) -m lang3d fit -c configs/sepe.yaml $(ARGS)
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/text4point_pretrain.py

@@ -12,12 +12,13 @@ from lightning.pytorch.cli import LightningCLI
 def _import_project() -> None:
     """Import every pipeline so their LightningModules / DataModules can be named by short class name."""
     import datamodules  # noqa: F401
+    import sepe  # noqa: F401
     import text4point  # noqa: F401
 
 
-def main(args: list[str] | None = None) -> LightningCLI:
+def main(args: list[str] | None = None) -> None:
     _import_project()
-    return LightningCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True,
+    LightningCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True,
                         subclass_mode_data=True, args=args, save_config_kwargs={"overwrite": True},
                         auto_configure_optimizers=False)
 

@@ -16,14 +16,18 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 from torch.utils.data import DataLoader
 
 from datamodules.cap3d.captions import read_captions
 from datamodules.cap3d.objects import RenderedViews, composite, read_point_cloud
+from datamodules.synthetic.cap3d import generate_cap3d
 from lang3d.data.object_samples import PointSelector, check_cloud, collate_object_samples
 from lang3d.data.point_ops import normalize_unit_sphere
 from lang3d.data.sampling import EpochSeededDataset, sharded_loader
+
+BUILTIN_ROOT = Path("data/synthetic/cap3d")  # the demo data ``lightning fit -c configs/sepe.yaml`` trains on
 
 CAPTION_FILES = {"ABO": ("Cap3D_automated_ABO.csv",),
                  "Objaverse": ("Cap3D_automated_Objaverse_full.csv", "Cap3D_automated_Objaverse.csv")}
@@ -235,8 +239,13 @@ class Cap3DDataModule(L.LightningDataModule):
         return Cap3DObjects(objects, selector, tuple(hp.image_size), hp.background, load_images, hp.seed)
 
     def prepare_data(self) -> None:
-        """With the FPS cache on: read every object's cloud once (in ``num_workers`` processes) to fill it;
-        warns about skipped clouds. FPS of 8192 of 16384 points costs ~0.4 s per object and core, once."""
+        """Writes the built-in synthetic data when ``root`` is ``BUILTIN_ROOT`` and it is not there yet (any other
+        missing root is an error, never replaced by synthetic data). With the FPS cache on: reads every object's
+        cloud once (in ``num_workers`` processes) to fill it; warns about skipped clouds. FPS of 8192 of 16384
+        points costs ~0.4 s per object and core, once."""
+        if self.root.resolve() == BUILTIN_ROOT.resolve() and not self.root.is_dir():
+            rank_zero_info(f"Cap3D: writing the built-in synthetic Cap3D-format data to {self.root} (16 objects)")
+            generate_cap3d(self.root, num_objects=16, views=4, image_size=64)
         if not self.hparams.fps_cache:
             return
         objects = [obj for split in self.splits().values() for obj in split]
