@@ -8,6 +8,8 @@
 #                              when there is one)
 #   make sepe                  SEPE fine-tuning of Point-E (configs/sepe.yaml: built-in Cap3D-format data and tiny
 #                              models as shipped; see its header for a real run), ARGS=... for overrides
+#   make pointbind             Point-Bind alignment then ModelNet40 zero-shot test; CAP3D=/path MODELNET40=/path for
+#                              real data, otherwise a demo on built-in synthetic objects (tiny random CLIP)
 #   make benchmark             data-pipeline and model throughput figures
 
 VENV ?= .venv
@@ -19,9 +21,12 @@ S3DIS ?=
 SYNTHETIC_S3DIS ?= data/synthetic/s3dis
 CKPT ?=
 DEMO_PRETRAIN_CKPT := runs/text4point_pretrain_demo/checkpoints/last.ckpt
+CAP3D ?=
+MODELNET40 ?=
+SYNTHETIC_MODELNET40 ?= data/synthetic/modelnet40
 ARGS ?=
 
-.PHONY: install test pretrain-text4point finetune-s3dis sepe benchmark synthetic-scannet synthetic-s3dis clean-venv
+.PHONY: install test pretrain-text4point finetune-s3dis sepe pointbind benchmark synthetic-scannet synthetic-s3dis clean-venv
 
 install: $(STAMP)
 
@@ -68,6 +73,23 @@ endif
 
 sepe: $(STAMP)
 	$(PY) -m lang3d fit -c configs/sepe.yaml $(ARGS)
+
+$(SYNTHETIC_MODELNET40)/modelnet40_normal_resampled: | $(STAMP)
+	$(PY) -m datamodules.synthetic.modelnet40 --out $(SYNTHETIC_MODELNET40) --points 2048
+
+ifeq ($(strip $(CAP3D)$(MODELNET40)),)
+pointbind: $(STAMP) $(SYNTHETIC_MODELNET40)/modelnet40_normal_resampled
+	@echo "No CAP3D / MODELNET40 given: Point-Bind demo on built-in synthetic objects with a tiny random CLIP."
+	$(PY) -m lang3d fit -c configs/pointbind.yaml -c configs/pointbind_demo.yaml $(ARGS)
+	$(PY) -m lang3d test -c configs/pointbind_zeroshot.yaml -c configs/pointbind_zeroshot_demo.yaml \
+		--ckpt_path runs/pointbind_demo/checkpoints/last.ckpt
+else
+pointbind: $(STAMP)
+	$(PY) -m lang3d fit -c configs/pointbind.yaml --data.init_args.alignment.init_args.root $(CAP3D) \
+		--data.init_args.zeroshot.init_args.root $(MODELNET40) $(ARGS)
+	$(PY) -m lang3d test -c configs/pointbind_zeroshot.yaml --data.root $(MODELNET40) \
+		--ckpt_path runs/pointbind/checkpoints/last.ckpt
+endif
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/text4point_pretrain.py

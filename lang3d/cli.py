@@ -5,20 +5,53 @@
 """
 from __future__ import annotations
 
+import importlib
+
 import lightning as L
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorFn
 
 
 def _import_project() -> None:
     """Import every pipeline so their LightningModules / DataModules can be named by short class name."""
     import datamodules  # noqa: F401
+    import pointbind  # noqa: F401
     import sepe  # noqa: F401
     import text4point  # noqa: F401
 
 
+def _is_class_at(path: str, cls: type) -> bool:
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None) is cls
+    except ImportError:
+        return False
+
+
+class _OwnHyperparameters(_InstantiatorFn):
+    """LightningCLI's instantiator gives the config's ``model`` / ``data`` hyperparameters to *every*
+    LightningModule / LightningDataModule it builds, so a datamodule built inside another one
+    (``pointbind.PointBindDataModule``: Cap3D + ModelNet40) would save the outer one's settings as its own.
+    Here a class other than the one the config names is built plainly and saves its own arguments."""
+
+    def __call__(self, class_type, *args, applied_instantiation_links: dict, **kwargs):
+        self.cli._dump_config()
+        path = (self.cli.config_dump.get(self.key) or {}).get("class_path")
+        if path is not None and not _is_class_at(path, class_type):
+            return class_type(*args, **kwargs)
+        return super().__call__(class_type, *args, applied_instantiation_links=applied_instantiation_links, **kwargs)
+
+
+class Lang3DCLI(LightningCLI):
+    def _add_instantiators(self) -> None:
+        self.parser.add_instantiator(_OwnHyperparameters(cli=self, key="model"),
+                                     _get_module_type(self._model_class), subclasses=self.subclass_mode_model)
+        self.parser.add_instantiator(_OwnHyperparameters(cli=self, key="data"),
+                                     _get_module_type(self._datamodule_class), subclasses=self.subclass_mode_data)
+
+
 def main(args: list[str] | None = None) -> None:
     _import_project()
-    LightningCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True,
+    Lang3DCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True,
                         subclass_mode_data=True, args=args, save_config_kwargs={"overwrite": True},
                         auto_configure_optimizers=False)
 

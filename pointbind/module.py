@@ -1,0 +1,255 @@
+"""Point-Bind alignment: a 3D encoder and projection trained into a frozen open_clip joint space on
+(point cloud, caption, rendered view) triplets; zero-shot classification and retrieval in that space."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torch import nn
+
+from datamodules.modelnet40.prompts import prompt_names, templates
+from lang3d.checkpoint import FrozenWeightsNotSaved
+from lang3d.clip import CLIPTextEncoder, load_clip
+from lang3d.embedding_cache import EmbeddingCache, content_key, model_fingerprint
+from lang3d.tensorboard import confusion_image, log_image
+from pointbind.clip_image import CLIPImageEncoder
+from pointbind.encoders import build_encoder
+from pointbind.head import LogitScale, ProjectionHead
+from pointbind.loss import alignment_loss
+from pointbind.retrieval import EmbeddingBank, retrieval_scores
+from pointbind.zeroshot import class_text_embeddings, topk_accuracy, zero_shot_logits
+
+STAGES = ("val", "test")
+
+
+class PointBindAlignment(FrozenWeightsNotSaved, L.LightningModule):
+    """Batches: alignment batches hold ``points`` [B,N,3], ``caption`` (B strings) and, when the image term is
+    on, ``image`` uint8 [B,H,W,3] (``Cap3DDataModule``); zero-shot batches hold ``points`` and ``label`` [B]
+    (``ModelNet40DataModule``). Validation and test take either kind (see ``PointBindDataModule``).
+
+    Args:
+        encoder / encoder_options: "i2pmae" or "pointbert" and its constructor arguments (``pointbind.encoders``).
+        clip_model / clip_pretrained: the frozen open_clip model of the joint space (ViT-L-14 / openai: 768-d).
+        projection_hidden / projection_dropout: the projection head (``ProjectionHead``).
+        image_loss_weight: weight of the point<->image InfoNCE term (0: text only, no images needed).
+        zeroshot_class_names: class names for prompts (None: the datamodule's ``prompt_names``, else ModelNet40's);
+            zeroshot_templates: prompt templates (None: ULIP / Point-Bind's 64 ModelNet40 templates).
+        embedding_cache: folder of the on-disk cache of CLIP text / image embeddings (None: no cache); one
+            HDF5 file per DDP rank.
+        lr, weight_decay, betas: AdamW (ULIP: 3e-3, 0.1, (0.9, 0.98)); no decay on biases, norms and the logit
+            scale. warmup_steps linear from 0, then cosine down to min_lr.
+        retrieval_ks: the K of recall@K. log_embeddings: shapes whose embeddings go to TensorBoard's projector
+            at the end of each zero-shot evaluation (0: none).
+    """
+
+    frozen_prefixes = ("text_encoder.", "image_encoder.")
+
+    def __init__(self, encoder: str = "i2pmae", encoder_options: dict | None = None, clip_model: str = "ViT-L-14",
+                 clip_pretrained: str | None = "openai", projection_hidden: int = 512, projection_dropout: float = 0.5,
+                 image_loss_weight: float = 1.0, zeroshot_class_names: list[str] | None = None,
+                 zeroshot_templates: list[str] | None = None, embedding_cache: str | None = None, lr: float = 3e-3,
+                 weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.98), warmup_steps: int = 1000,
+                 min_lr: float = 1e-5, retrieval_ks: tuple[int, ...] = (1, 5, 10), log_embeddings: int = 1000):
+        super().__init__()
+        self.save_hyperparameters()
+        clip, tokenizer = load_clip(clip_model, clip_pretrained)  # first: a random-init CLIP depends on the seed only
+        self.encoder = build_encoder(encoder, **(encoder_options or {}))
+        self.text_encoder = CLIPTextEncoder(clip, tokenizer)
+        self.image_encoder = CLIPImageEncoder(clip)
+        self.head = ProjectionHead(self.encoder.out_dim, self.text_encoder.embed_dim, projection_hidden,
+                                   projection_dropout)
+        self.logit_scale = LogitScale()
+        self.banks = nn.ModuleDict()
+        for stage in STAGES:
+            self.banks[f"{stage}_zeroshot"] = EmbeddingBank(("point", "label"))
+            self.banks[f"{stage}_text"] = EmbeddingBank(("point", "text"))
+            self.banks[f"{stage}_image"] = EmbeddingBank(("point", "image"))
+        self._caches: dict[str, EmbeddingCache] = {}
+        self._classes: tuple[list[str], torch.Tensor] | None = None
+
+    # ---------------------------------------------------------------- embeddings
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        """points [B,N,3] (unit sphere) -> unit-norm joint-space embeddings [B,D]."""
+        return self.head(self.encoder(points))
+
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """texts -> unit-norm CLIP text embeddings [n,D] on this module's device (through the disk cache)."""
+        return self._embed("text", list(texts), [content_key(t) for t in texts], self.text_encoder)
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B,H,W,3] -> unit-norm CLIP image embeddings [B,D] (through the disk cache)."""
+        keys = [content_key(image) for image in images.cpu().numpy()]
+        return self._embed("image", images, keys, self.image_encoder)
+
+    def _embed(self, kind: str, items, keys: list[str], encoder: nn.Module) -> torch.Tensor:
+        cache = self._cache(kind)
+        if cache is None:
+            out = encoder(items)
+        else:
+            def compute(index: list[int]):
+                return encoder([items[i] for i in index] if kind == "text" else items[index])
+            out = cache.get_or_compute(keys, compute)
+        return F.normalize(out.float(), dim=-1).to(self.device)
+
+    def _cache(self, kind: str) -> EmbeddingCache | None:
+        folder = self.hparams.embedding_cache
+        if not folder:
+            return None
+        if kind not in self._caches:
+            world, rank = (self.trainer.world_size, self.global_rank) if self._trainer is not None else (1, 0)
+            path = Path(folder).expanduser() / f"clip_embeddings{'' if world == 1 else f'.rank{rank}'}.h5"
+            hp = self.hparams
+            model = f"{hp.clip_model}|{hp.clip_pretrained}|{model_fingerprint(self.text_encoder.model)}"
+            what = "text" if kind == "text" else f"image|{self.image_encoder.preprocessing}"
+            self._caches[kind] = EmbeddingCache(path, f"{model}|{what}")
+        return self._caches[kind]
+
+    def class_embeddings(self) -> tuple[list[str], torch.Tensor]:
+        """(class names, unit-norm class text embeddings [C,D]): templates averaged (``class_text_embeddings``)."""
+        names = self.hparams.zeroshot_class_names
+        if names is None and self._trainer is not None:
+            names = getattr(self.trainer.datamodule, "prompt_names", None)
+        names = list(names or prompt_names())
+        if self._classes is None or self._classes[0] != names:
+            self._classes = (names, class_text_embeddings(self.embed_texts, names,
+                                                          self.hparams.zeroshot_templates or templates()))
+        return self._classes[0], self._classes[1].to(self.device)
+
+    # ---------------------------------------------------------------- training
+    def _alignment(self, batch: dict) -> dict[str, torch.Tensor]:
+        if "caption" not in batch:
+            raise KeyError(f"alignment batches need 'points' and 'caption', got keys {sorted(batch)}")
+        weight = self.hparams.image_loss_weight
+        if weight > 0 and "image" not in batch:
+            raise KeyError("image_loss_weight > 0 needs an 'image' per sample (load_images on in the datamodule), "
+                           f"got keys {sorted(batch)}")
+        point = self(batch["points"])
+        text = self.embed_texts(batch["caption"])
+        image = self.embed_images(batch["image"]) if weight > 0 else None
+        out = alignment_loss(point, text, image, self.logit_scale(), weight, gather=self.training)
+        return {**out, "point": point.detach(), "text": text, "image": image}
+
+    def training_step(self, batch: dict, batch_idx: int):
+        skipped = float(sum(batch["skipped"].values())) if "skipped" in batch else 0.0
+        self.log("data/skipped_samples", skipped, on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True)
+        if "points" not in batch:
+            return None  # every sample of the batch was skipped
+        out = self._alignment(batch)
+        bs = len(batch["points"])
+        for key in ("loss", "loss_text", "loss_image", "acc_text", "acc_image"):
+            if key in out:
+                self.log(f"train/{key}", out[key], batch_size=bs, prog_bar=key == "loss")
+        self.log("train/logit_scale", self.logit_scale(), batch_size=bs)
+        return out["loss"]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.logit_scale.clamp_()
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or name.startswith("logit_scale.") else decay).append(p)
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas))
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup, floor = min(hp.warmup_steps, total - 1), hp.min_lr / hp.lr
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ---------------------------------------------------------------- evaluation
+    def _evaluate(self, stage: str, batch: dict) -> None:
+        if "points" not in batch:
+            return
+        bs = len(batch["points"])
+        if "label" in batch:
+            self.banks[f"{stage}_zeroshot"].update(point=self(batch["points"]), label=batch["label"])
+            return
+        out = self._alignment(batch)
+        for key in ("loss", "loss_text", "loss_image"):
+            if key in out:
+                self.log(f"{stage}/{key}", out[key], batch_size=bs, sync_dist=True, add_dataloader_idx=False)
+        self.banks[f"{stage}_text"].update(point=out["point"], text=out["text"])
+        if out["image"] is not None:
+            self.banks[f"{stage}_image"].update(point=out["point"], image=out["image"])
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate("val", batch)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate("test", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._report("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._report("test")
+
+    def _report(self, stage: str) -> None:
+        ks = tuple(self.hparams.retrieval_ks)
+        for other in ("text", "image"):
+            bank = self.banks[f"{stage}_{other}"]
+            if not bank.empty:
+                data = bank.compute()
+                items = torch.arange(len(data["point"]), device=data["point"].device)
+                self._log_retrieval(stage, "pairs", f"3d_to_{other}",
+                                    retrieval_scores(data["point"], data[other], items, items, ks))
+                self._log_retrieval(stage, "pairs", f"{other}_to_3d",
+                                    retrieval_scores(data[other], data["point"], items, items, ks))
+            bank.reset()
+        bank = self.banks[f"{stage}_zeroshot"]
+        if not bank.empty:
+            self._report_zeroshot(stage, bank.compute())
+        bank.reset()
+
+    def _report_zeroshot(self, stage: str, data: dict[str, torch.Tensor]) -> None:
+        names, classes = self.class_embeddings()
+        points, labels = data["point"], data["label"].long()
+        if labels.numel() and int(labels.max()) >= len(names):
+            raise ValueError(f"label {int(labels.max())} but only {len(names)} zero-shot class names")
+        logits = zero_shot_logits(points, classes)
+        acc = topk_accuracy(logits, labels, (1, 5))
+        pred = logits.argmax(1)
+        present = labels.unique()
+        per_class = torch.stack([(pred[labels == c] == c).float().mean() for c in present])
+        self.log_dict({f"{stage}/zeroshot_top1": acc[1], f"{stage}/zeroshot_top5": acc[5],
+                       f"{stage}/zeroshot_class_mean": per_class.mean()})
+        ks = tuple(self.hparams.retrieval_ks)
+        class_ids = torch.arange(len(names), device=labels.device)
+        self._log_retrieval(stage, "classes", "3d_to_text", retrieval_scores(points, classes, labels, class_ids, ks))
+        self._log_retrieval(stage, "classes", "text_to_3d", retrieval_scores(classes, points, class_ids, labels, ks))
+        self._log_retrieval(stage, "classes", "3d_to_3d",
+                            retrieval_scores(points, points, labels, labels, ks, exclude_self=True))
+        if not self.trainer.sanity_checking:
+            confusion = np.zeros((len(names), len(names)), dtype=np.int64)
+            np.add.at(confusion, (labels.cpu().numpy(), pred.cpu().numpy()), 1)
+            log_image(self.logger, f"{stage}/zeroshot_confusion", confusion_image(confusion, names), self.global_step)
+            self._log_projector(stage, points, [names[i] for i in labels.tolist()])
+
+    def _log_retrieval(self, stage: str, relevance: str, direction: str, scores: dict[str, torch.Tensor]) -> None:
+        """Logs ``<stage>_retrieval_<relevance>/<direction>/<R@k|mAP>``; relevance "pairs" (an item's own
+        caption / view) or "classes" (every item of the class)."""
+        self.log_dict({f"{stage}_retrieval_{relevance}/{direction}/{k}": v for k, v in scores.items()
+                       if k != "queries"})
+
+    @rank_zero_only
+    def _log_projector(self, stage: str, points: torch.Tensor, names: list[str]) -> None:
+        count = self.hparams.log_embeddings
+        if count and isinstance(self.logger, TensorBoardLogger):
+            keep = torch.linspace(0, len(points) - 1, min(count, len(points))).long().tolist()
+            self.logger.experiment.add_embedding(points[keep].float().cpu(), metadata=[names[i] for i in keep],
+                                                 global_step=self.global_step, tag=f"{stage}_point_embeddings")

@@ -1,0 +1,90 @@
+"""Cross-modal retrieval scores (recall@K, mAP) and the torchmetrics bank that collects embeddings across ranks.
+
+Relevance is label equality: item-level retrieval (Cap3D: a shape and its own caption / view) gives every item
+its own label; class-level retrieval (ModelNet40) gives the class index, so every shape of the class counts.
+The gallery is ranked by cosine similarity, highest first; exact ties keep gallery order.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import Metric
+
+
+def retrieval_scores(query: torch.Tensor, gallery: torch.Tensor, query_labels: torch.Tensor,
+                     gallery_labels: torch.Tensor, ks: Sequence[int] = (1, 5, 10), exclude_self: bool = False,
+                     chunk: int = 1024) -> dict[str, torch.Tensor]:
+    """Queries [Q,D] against gallery [G,D] -> {"R@k": ..., "mAP": ..., "queries": count}.
+
+    R@k: fraction of queries with at least one relevant item among the k first. mAP: mean over queries of the
+    average precision (1/R) Σ_{relevant ranks r} precision@r over the whole ranking. ``exclude_self`` (query
+    set = gallery set, e.g. 3D->3D) removes each query from its own gallery. Queries with no relevant item are
+    left out of every score (counted out of ``queries``).
+    """
+    if exclude_self and len(query) != len(gallery):
+        raise ValueError("exclude_self needs the queries to be the gallery itself")
+    if len(gallery) == 0 or len(query) != len(query_labels) or len(gallery) != len(gallery_labels):
+        raise ValueError(f"retrieval needs a non-empty gallery and one label per item: query {len(query)} / "
+                         f"{len(query_labels)} labels, gallery {len(gallery)} / {len(gallery_labels)} labels")
+    query, gallery = F.normalize(query.float(), dim=-1), F.normalize(gallery.float(), dim=-1)
+    hits = {k: query.new_zeros(()) for k in ks}
+    ap_sum, counted = query.new_zeros(()), 0
+    for start in range(0, len(query), chunk):
+        sim = query[start:start + chunk] @ gallery.T                                     # [q, G]
+        relevant = query_labels[start:start + chunk, None].to(gallery_labels.device) == gallery_labels[None]
+        if exclude_self:
+            rows = torch.arange(len(sim), device=sim.device)
+            sim[rows, rows + start] = float("-inf")
+            relevant[rows, rows + start] = False
+        order = sim.argsort(dim=1, descending=True, stable=True)
+        rel = relevant.gather(1, order).float()                                          # [q, G] by rank
+        keep = rel.sum(1) > 0
+        rel = rel[keep]
+        counted += int(keep.sum())
+        for k in ks:
+            hits[k] += rel[:, :k].amax(1).sum()
+        ranks = torch.arange(1, rel.shape[1] + 1, device=rel.device)
+        precision = rel.cumsum(1) / ranks
+        ap_sum += ((precision * rel).sum(1) / rel.sum(1).clamp(min=1)).sum()
+    denom = max(counted, 1)
+    scores = {f"R@{k}": hits[k] / denom for k in ks}
+    scores["mAP"] = ap_sum / denom
+    scores["queries"] = torch.tensor(float(counted))
+    return scores
+
+
+class EmbeddingBank(Metric):
+    """Collects named tensors batch by batch (``update(point=[B,D], label=[B], ...)``, the same names every
+    time); ``compute()`` returns them concatenated, across all DDP ranks (rank order), as {name: tensor}."""
+
+    full_state_update = False
+
+    def __init__(self, names: Sequence[str], **kwargs):
+        super().__init__(**kwargs)
+        self.names = tuple(names)
+        for name in self.names:
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, **tensors: torch.Tensor) -> None:
+        if set(tensors) != set(self.names):
+            raise ValueError(f"EmbeddingBank.update needs exactly {self.names}, got {sorted(tensors)}")
+        sizes = {len(t) for t in tensors.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"EmbeddingBank.update: tensors of different lengths {sizes}")
+        for name, tensor in tensors.items():
+            getattr(self, name).append(tensor.detach())
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name in self.names:
+            value = getattr(self, name)
+            out[name] = torch.cat(value) if isinstance(value, list) else value
+        return out
+
+    @property
+    def empty(self) -> bool:
+        """True when no batch was added since the last reset (on this rank)."""
+        first = getattr(self, self.names[0])
+        return isinstance(first, list) and not first
