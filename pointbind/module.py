@@ -2,6 +2,7 @@
 (point cloud, caption, rendered view) triplets; zero-shot classification and retrieval in that space."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import nn
 
 from datamodules.modelnet40.prompts import prompt_names, templates
@@ -18,6 +19,7 @@ from lang3d.checkpoint import FrozenWeightsNotSaved
 from lang3d.clip import CLIPTextEncoder, load_clip
 from lang3d.embedding_cache import EmbeddingCache, content_key, model_fingerprint
 from lang3d.tensorboard import confusion_image, log_image
+from pointbind.arithmetic import composed_retrieval
 from pointbind.clip_image import CLIPImageEncoder
 from pointbind.encoders import build_encoder
 from pointbind.head import LogitScale, ProjectionHead
@@ -72,6 +74,8 @@ class PointBindAlignment(FrozenWeightsNotSaved, L.LightningModule):
             self.banks[f"{stage}_image"] = EmbeddingBank(("point", "image"))
         self._caches: dict[str, EmbeddingCache] = {}
         self._classes: tuple[list[str], torch.Tensor] | None = None
+        self._gallery: torch.Tensor | None = None
+        self._arithmetic: list[dict] = []
 
     # ---------------------------------------------------------------- embeddings
     def forward(self, points: torch.Tensor) -> torch.Tensor:
@@ -122,6 +126,37 @@ class PointBindAlignment(FrozenWeightsNotSaved, L.LightningModule):
         return self._classes[0], self._classes[1].to(self.device)
 
     # ---------------------------------------------------------------- training
+    # ---------------------------------------------------------------- embedding arithmetic (predict)
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """One query of ``ArithmeticQueriesDataModule``: compose its 3D embedding with its text or image embedding
+        and rank the gallery; the results are written to the datamodule's ``output`` at the end of predict."""
+        request = self.trainer.datamodule
+        if self._gallery is None:
+            parts = []
+            if request.gallery_texts:
+                parts.append(self.embed_texts(request.gallery_texts))
+            if request.gallery_images:
+                parts.append(self.embed_images(request.gallery_image_batch().to(self.device)))
+            self._gallery = torch.cat(parts)
+        query = batch["query"]
+        other = self.embed_texts([query["text"]]) if "text" in query else self.embed_images(batch["image"].to(self.device))
+        scores, index = composed_retrieval(self(batch["points"].to(self.device)), other, self._gallery, request.k,
+                                           request.weights)
+        items = request.gallery_items()
+        result = {**query, "nearest": [{"item": items[i], "score": round(float(s), 6)}
+                                       for s, i in zip(scores[0].tolist(), index[0].tolist())]}
+        self._arithmetic.append(result)
+        return result
+
+    def on_predict_epoch_start(self) -> None:
+        self._gallery, self._arithmetic = None, []
+
+    def on_predict_epoch_end(self) -> None:
+        output = self.trainer.datamodule.output
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(self._arithmetic, indent=2))
+        rank_zero_info(f"embedding arithmetic: {len(self._arithmetic)} queries -> {output}")
+
     def _alignment(self, batch: dict) -> dict[str, torch.Tensor]:
         if "caption" not in batch:
             raise KeyError(f"alignment batches need 'points' and 'caption', got keys {sorted(batch)}")

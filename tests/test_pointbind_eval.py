@@ -126,3 +126,33 @@ def test_embedding_arithmetic():
     assert batch_index[:, 0].tolist() == [0, 1] and batch_scores.shape == (2, 1)
     with pytest.raises(ValueError, match="equal shapes"):
         compose(a, torch.ones(3))
+
+
+def test_arithmetic_predict_writes_the_nearest_gallery_items(tmp_path):
+    import json
+
+    import lightning as L
+
+    from datamodules.synthetic.cap3d import generate_cap3d
+    from pointbind.arithmetic_data import ArithmeticInputError, ArithmeticQueriesDataModule
+    from pointbind.module import PointBindAlignment
+
+    generate_cap3d(tmp_path / "cap3d", num_objects=2, views=1, image_size=32, points=512)
+    cloud = next((tmp_path / "cap3d").rglob("*.pt"))
+    image = next((tmp_path / "cap3d").rglob("00000.png"))
+    gallery = ["a red cube", "a blue sphere", "a green cone"]
+    model = PointBindAlignment(encoder="pointbert", clip_model="lang3d-tiny-ViT", clip_pretrained=None,
+                               encoder_options={"num_groups": 8, "group_size": 8, "tokenizer_dim": 16,
+                                                "tokenizer_hidden": [16, 16, 16], "width": 16, "depth": 1,
+                                                "heads": 2, "pos_hidden": 8})
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    # weights (0, 1): the composed query is the text embedding itself, so its own caption ranks first
+    dm = ArithmeticQueriesDataModule([{"points": str(cloud), "text": "a blue sphere"}, {"points": str(cloud),
+                                      "image": str(image)}], gallery_texts=gallery, gallery_images=[str(image)],
+                                     num_points=64, k=2, weights=(0.0, 1.0), output=str(tmp_path / "out.json"))
+    trainer.predict(model, datamodule=dm)
+    results = json.loads((tmp_path / "out.json").read_text())
+    assert [r["nearest"][0]["item"] for r in results] == ["a blue sphere", str(image)]
+    assert all(len(r["nearest"]) == 2 and r["nearest"][0]["score"] >= r["nearest"][1]["score"] for r in results)
+    with pytest.raises(ArithmeticInputError, match="exactly one of"):
+        ArithmeticQueriesDataModule([{"points": str(cloud)}], gallery_texts=gallery)
