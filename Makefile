@@ -10,6 +10,8 @@
 #                              models as shipped; see its header for a real run), ARGS=... for overrides
 #   make pointbind             Point-Bind alignment then ModelNet40 zero-shot test; CAP3D=/path MODELNET40=/path for
 #                              real data, otherwise a demo on built-in synthetic objects (tiny random CLIP)
+#   make demo                  every pipeline briefly on built-in synthetic data (pre-train -> fine-tune, Point-Bind
+#                              -> zero-shot, SEPE -> sample), all logging under runs/
 #   make benchmark             data-pipeline and model throughput figures
 
 VENV ?= .venv
@@ -26,7 +28,7 @@ MODELNET40 ?=
 SYNTHETIC_MODELNET40 ?= data/synthetic/modelnet40
 ARGS ?=
 
-.PHONY: install test pretrain-text4point finetune-s3dis sepe pointbind benchmark synthetic-scannet synthetic-s3dis clean-venv
+.PHONY: install test pretrain-text4point finetune-s3dis sepe pointbind demo benchmark synthetic-scannet synthetic-s3dis clean-venv
 
 install: $(STAMP)
 
@@ -90,6 +92,15 @@ pointbind: $(STAMP)
 	$(PY) -m lang3d test -c configs/pointbind_zeroshot.yaml --data.root $(MODELNET40) \
 		--ckpt_path runs/pointbind/checkpoints/last.ckpt
 endif
+
+demo: $(STAMP)
+	$(MAKE) pretrain-text4point SCANNET=
+	$(MAKE) finetune-s3dis S3DIS= CKPT=
+	$(MAKE) pointbind CAP3D= MODELNET40=
+	$(MAKE) sepe
+	$(PY) -m lang3d predict -c configs/sepe.yaml -c configs/sepe_sample.yaml \
+		--ckpt_path runs/sepe/checkpoints/last.ckpt --data.steps 16
+	@echo "Demo done. TensorBoard: $(VENV)/bin/tensorboard --logdir runs   (generated clouds: runs/sepe/samples)"
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/text4point_pretrain.py
