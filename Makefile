@@ -105,6 +105,8 @@ demo: $(STAMP)
 benchmark: $(STAMP)
 	$(PY) benchmarks/text4point_pretrain.py
 	$(PY) benchmarks/text4point_s3dis.py
+	$(PY) benchmarks/point_e_speed.py
+	$(PY) benchmarks/pointbind_speed.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -22,11 +22,14 @@ from lang3d.checkpoint import FrozenWeightsNotSaved
 from lang3d.lora import POINT_E_LORA_TARGETS, apply_lora
 from lang3d.point_e import (CLIPConditioner, GaussianDiffusion, PointCloudSampler, StageConfig, build_model,
                             load_official_checkpoint, unscale_channels)
+from lang3d.render import render_views
 from lang3d.tensorboard import log_image, log_point_cloud
 from sepe.conditioned_model import SEPEConditionedModel
 from sepe.fusion import ConcatFusion, CrossAttentionFusion
 from sepe.geometric_losses import (chamfer_distance, color_loss, laplacian_smoothness, mean_neighbour_distance,
                                    uniformity)
+from sepe.metrics import ChamferDistanceMetric, CLIPRPrecision, EarthMoversDistance, PointFID, PointIS
+from sepe.pointcloud_features import load_feature_network
 
 FUSIONS = ("concat", "cross_attention")
 TRAINABLE = ("last_blocks", "lora")
@@ -83,6 +86,11 @@ class SEPEFineTuning(FrozenWeightsNotSaved, L.LightningModule):
         base_points / upsample_points: points drawn by each sampling stage (0 upsample points: base stage only);
             sample_steps / guidance_scale / upsampler_guidance_scale: Karras steps and guidance of generation.
         val_sample_steps / val_num_samples: cheaper sampling of clouds logged at validation end.
+        EMD compares the base stage's ``base_points`` with as many farthest-point samples of the ground truth
+        (so data.num_points must be at least base_points).
+        eval_feature_network: a PointNet++ classifier checkpoint (``python -m sepe.pointcloud_features``, trained on
+            ModelNet40) for P-FID / P-IS in ``test``; None leaves them out. eval_num_distractors: captions drawn
+            against the true one in CLIP R-precision (computed when more clouds than that are tested).
     """
 
     def __init__(self, fusion: str = "concat", base_checkpoint: str | None = None,
@@ -97,7 +105,8 @@ class SEPEFineTuning(FrozenWeightsNotSaved, L.LightningModule):
                  uniform_radius: float | None = None,
                  geometric_max_t: int | None = 512, train_output_head: bool | None = None, xyz_scale: float = 0.5, base_points: int = 1024,
                  upsample_points: int = 3072, sample_steps: int = 64, guidance_scale: float = 3.0,
-                 upsampler_guidance_scale: float = 3.0, val_sample_steps: int = 16, val_num_samples: int = 2):
+                 upsampler_guidance_scale: float = 3.0, val_sample_steps: int = 16, val_num_samples: int = 2,
+                 eval_feature_network: str | None = None, eval_num_distractors: int = 31):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
@@ -141,6 +150,13 @@ class SEPEFineTuning(FrozenWeightsNotSaved, L.LightningModule):
         self.diffusion = GaussianDiffusion.from_schedule("cosine")
         self.upsampler_diffusion = GaussianDiffusion.from_schedule("linear")
         self._val_shown: dict | None = None
+        self.test_chamfer = ChamferDistanceMetric(squared=chamfer_squared)
+        self.test_emd = EarthMoversDistance(num_points=base_points)
+        self.test_r_precision = CLIPRPrecision(self.clip.model, self.clip.tokenizer, num_distractors=eval_num_distractors)
+        self.test_fid = self.test_is = None
+        if eval_feature_network:
+            network = load_feature_network(eval_feature_network)
+            self.test_fid, self.test_is = PointFID(network), PointIS(network)
 
     # ---------------------------------------------------------------- inputs
     @torch.no_grad()
@@ -239,14 +255,48 @@ class SEPEFineTuning(FrozenWeightsNotSaved, L.LightningModule):
         clouds = self.generate(shown["caption"], shown["image"], self.hparams.val_sample_steps, generator)
         base = clouds[:, :, :self.hparams.base_points]
         self.log("val/sample_chamfer", chamfer_distance(base, shown["target"]).mean())
+        emd = EarthMoversDistance(num_points=min(base.shape[-1], shown["target"].shape[-1]))  # FPS to equal counts
+        emd.update(base.cpu(), shown["target"].cpu())
+        self.log("val/sample_emd", emd.compute())
+        renders = render_views(clouds[:, :3].transpose(1, 2), clouds[:, 3:].transpose(1, 2) / 255.0, image_size=128)
         step = self.global_step
         for i, (caption, image, cloud) in enumerate(zip(shown["caption"], shown["image"], clouds.cpu().numpy())):
             colors = np.clip(np.round(cloud[3:].T), 0, 255).astype(np.uint8)
             log_point_cloud(self.logger, f"val/generated_{i}", cloud[:3].T, colors, step)
             log_image(self.logger, f"val/condition_image_{i}", np.asarray(image.cpu()), step)
+            views = (renders[i].permute(2, 0, 3, 1).reshape(renders.shape[-2], -1, 3) * 255).round()
+            log_image(self.logger, f"val/generated_render_{i}", views.byte().cpu().numpy(), step)
             experiment = getattr(self.logger, "experiment", None)
             if hasattr(experiment, "add_text"):
                 experiment.add_text(f"val/prompt_{i}", caption, step)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        """Generate a cloud for every held-out (caption, image) and score it against the object's cloud:
+        Chamfer, EMD (base stage vs ground truth), CLIP R-precision, and P-FID / P-IS with a feature network."""
+        generator = torch.Generator(self.device).manual_seed(batch_idx)
+        clouds = self.generate(batch["caption"], batch["image"], None, generator)
+        base, target = clouds[:, :, :self.hparams.base_points], self.batch_cloud(batch)
+        self.test_chamfer.update(base, target)
+        self.test_emd.update(base, target)
+        self.test_r_precision.update(clouds, batch["caption"])
+        if self.test_fid is not None:
+            self.test_fid.update(target, real=True)
+            self.test_fid.update(clouds)
+            self.test_is.update(clouds)
+
+    def on_test_epoch_end(self) -> None:
+        scores = {"test/chamfer": self.test_chamfer.compute(), "test/emd": self.test_emd.compute()}
+        try:
+            scores["test/clip_r_precision"] = self.test_r_precision.compute()
+        except ValueError as err:  # fewer tested clouds than distractors + 1
+            rank_zero_info(f"SEPE test: CLIP R-precision not reported: {err}")
+        if self.test_fid is not None:
+            scores["test/p_fid"] = self.test_fid.compute()
+            scores["test/p_is"] = self.test_is.compute()[0]
+        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in scores.items()})
+        for metric in (self.test_chamfer, self.test_emd, self.test_r_precision, self.test_fid, self.test_is):
+            if metric is not None:
+                metric.reset()
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Batch of ``SEPEPromptsDataModule``, which also says how to sample and where to write (so that a

@@ -172,5 +172,25 @@ def test_fit_with_validation_logs(tmp_path, cap3d_root):
     trainer.fit(make_module(), datamodule=dm)
     logged = trainer.callback_metrics
     for key in ("train/diffusion", "train/chamfer", "train/color", "train/smooth", "train/uniform",
-                "val/loss", "val/sample_chamfer"):
+                "val/loss", "val/sample_chamfer", "val/sample_emd"):
         assert key in logged and torch.isfinite(logged[key]), key
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(trainer.log_dir)
+    events.Reload()
+    assert any(tag.startswith("val/generated_render_") for tag in events.Tags()["images"])
+
+
+def test_test_stage_scores_generated_clouds(tmp_path, cap3d_root):
+    """Chamfer and EMD against the ground truth for every held-out object; R-precision once there are more clouds
+    than distractors (here: 1 distractor); P-FID / P-IS with a feature network checkpoint."""
+    from sepe.pointcloud_features import PointNet2Classification
+    network = tmp_path / "pn2.ckpt"
+    torch.save({"hyper_parameters": {"num_classes": 4, "width": 1},
+                "state_dict": PointNet2Classification(num_classes=4, width=1).state_dict()}, network)
+    dm = datamodule(cap3d_root, split_fractions=(0.5, 0.5), batch_size=2, drop_last=False)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    module = make_module(upsample_points=0, eval_num_distractors=1, eval_feature_network=str(network))
+    scores = trainer.test(module, datamodule=dm)[0]
+    for key in ("test/chamfer", "test/emd", "test/clip_r_precision", "test/p_fid", "test/p_is"):
+        assert key in scores and np.isfinite(scores[key]), key
+    assert 0.0 <= scores["test/clip_r_precision"] <= 1.0

@@ -1,0 +1,262 @@
+"""Evaluation of generated clouds as torchmetrics ``Metric``s: Chamfer and EMD to the ground truth, CLIP
+R-precision of renders against captions, P-FID and P-IS on a point-cloud network's features and logits.
+
+Clouds are Point-E's ``[B,6,N]``: xyz (data units) then RGB 0..255, as ``sepe.geometric_losses``. Networks
+(CLIP, the feature network) are held without registering them as sub-modules, so they never enter a
+checkpoint of the module that owns the metric; they are moved to the device of the inputs when used.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torchmetrics import Metric
+
+from lang3d.data.point_ops import farthest_point_sample, index_points, normalize_unit_sphere
+from lang3d.render import render_views
+from sepe.geometric_losses import _check_cloud, _check_pair, chamfer_distance
+
+
+def _hold(metric: Metric, name: str, module: torch.nn.Module) -> None:
+    object.__setattr__(metric, name, module)   # not a sub-module: no state_dict entries, no .to()
+
+
+def _on(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    return module.to(device) if next(module.parameters()).device != device else module
+
+
+class ChamferDistanceMetric(Metric):
+    """Mean over clouds of ``chamfer_distance(pred, target, squared)`` (data units², or units when not squared)."""
+
+    higher_is_better = False
+
+    def __init__(self, squared: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.squared = squared
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """pred [B,6,N], target [B,6,M]."""
+        self.total += chamfer_distance(pred.float(), target.float(), self.squared).double().sum()
+        self.count += pred.shape[0]
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count).float()
+
+
+def earth_movers_distance(pred: np.ndarray, target: np.ndarray) -> float:
+    """Exact EMD between two equal-size point sets [N,3]: the minimum over one-to-one matchings of the mean
+    Euclidean distance of matched points (data units). Hungarian algorithm, O(N³) time, O(N²) memory."""
+    if pred.shape != target.shape or pred.ndim != 2:
+        raise ValueError(f"earth_movers_distance needs two [N,3] sets of equal N, got {pred.shape}, {target.shape}")
+    cost = np.linalg.norm(pred[:, None].astype(np.float64) - target[None].astype(np.float64), axis=-1)
+    rows, cols = linear_sum_assignment(cost)
+    return float(cost[rows, cols].mean())
+
+
+class EarthMoversDistance(Metric):
+    """Mean over clouds of the exact EMD (``earth_movers_distance``, data units) between pred and target xyz.
+    Clouds with more than ``num_points`` points are first reduced to ``num_points`` by farthest-point sampling
+    (the assignment costs O(N³): 1024 points take ~0.1 s); both clouds must then have the same count."""
+
+    higher_is_better = False
+
+    def __init__(self, num_points: int = 1024, **kwargs):
+        super().__init__(**kwargs)
+        self.num_points = num_points
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
+
+    def _subsample(self, xyz: torch.Tensor) -> torch.Tensor:
+        if xyz.shape[1] <= self.num_points:
+            return xyz
+        return index_points(xyz, farthest_point_sample(xyz, self.num_points))
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """pred [B,6,N], target [B,6,M]; after subsampling both must hold the same number of points."""
+        _check_pair("EarthMoversDistance", pred, target)
+        p = self._subsample(pred[:, :3].transpose(1, 2).float()).cpu().numpy()
+        q = self._subsample(target[:, :3].transpose(1, 2).float()).cpu().numpy()
+        if p.shape != q.shape:
+            raise ValueError(f"EarthMoversDistance: clouds of {p.shape[1]} and {q.shape[1]} points after "
+                             f"subsampling to {self.num_points}; exact EMD needs equal counts")
+        self.total += sum(earth_movers_distance(a, b) for a, b in zip(p, q))
+        self.count += len(p)
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count).float()
+
+
+def r_precision_hits(image_emb: torch.Tensor, text_emb: torch.Tensor, num_distractors: int, top_k: int = 1,
+                     seed: int = 0) -> torch.Tensor:
+    """For object i: its image embedding [N,d] scored (cosine) against its own caption embedding [N,d] and
+    ``num_distractors`` captions of other objects (drawn without replacement with a seeded generator) ->
+    hits [N] bool: fewer than ``top_k`` distractors score strictly higher than the true caption."""
+    n = image_emb.shape[0]
+    if text_emb.shape != image_emb.shape or not 0 <= num_distractors < n:
+        raise ValueError(f"R-precision needs image and text embeddings of one shape [N,d] and 0 <= distractors < "
+                         f"N; got {tuple(image_emb.shape)}, {tuple(text_emb.shape)}, {num_distractors} distractors")
+    img, txt = F.normalize(image_emb.double(), dim=-1), F.normalize(text_emb.double(), dim=-1)
+    sim = img @ txt.T                                                           # [N,N]
+    generator = torch.Generator().manual_seed(seed)
+    others = torch.stack([torch.randperm(n - 1, generator=generator)[:num_distractors] for _ in range(n)])
+    others = (others + (others >= torch.arange(n)[:, None])).to(sim.device)     # skip index i itself
+    true = sim.diagonal()
+    beaten = (sim.gather(1, others) > true[:, None]).sum(1)
+    return beaten < top_k
+
+
+class CLIPRPrecision(Metric):
+    """CLIP R-precision: each generated cloud is normalised into the unit sphere and rendered from ``azimuths``
+    (``lang3d.render``, at CLIP's input size); the image embedding is the normalised mean of the views'
+    normalised CLIP embeddings. Score: fraction of clouds whose own caption ranks in the ``top_k`` among itself
+    and ``num_distractors`` captions of other clouds of the evaluated set (``r_precision_hits``).
+
+    ``clip_model``, ``tokenizer``: as ``lang3d.clip.load_clip`` returns (paper: ViT-B/32 and ViT-L/14)."""
+
+    higher_is_better = True
+
+    def __init__(self, clip_model: torch.nn.Module, tokenizer, num_distractors: int = 31, top_k: int = 1,
+                 azimuths: tuple[float, ...] = (0.0, 90.0, 180.0, 270.0), elevation: float = 20.0,
+                 distance: float = 2.8, fov: float = 45.0, radius: int = 1, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        _hold(self, "clip", clip_model)
+        self.tokenizer = tokenizer
+        self.num_distractors, self.top_k, self.seed = num_distractors, top_k, seed
+        self.render_kwargs = dict(azimuths=azimuths, elevation=elevation, distance=distance, fov=fov, radius=radius)
+        cfg = clip_model.visual.preprocess_cfg
+        size = cfg["size"]
+        self.image_size = size if isinstance(size, int) else size[0]
+        self.mean, self.std = torch.tensor(cfg["mean"]).view(1, 3, 1, 1), torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+        self.add_state("image_emb", [], dist_reduce_fx="cat")
+        self.add_state("text_emb", [], dist_reduce_fx="cat")
+
+    @torch.no_grad()
+    def embed_clouds(self, clouds: torch.Tensor) -> torch.Tensor:
+        """clouds [B,6,N] -> normalised mean-of-views CLIP image embeddings [B,d] float32."""
+        _check_cloud("CLIPRPrecision", clouds, "clouds")
+        xyz = normalize_unit_sphere(clouds[:, :3].transpose(1, 2).float())
+        rgb = (clouds[:, 3:].transpose(1, 2).float() / 255.0).clamp(0, 1)
+        views = render_views(xyz, rgb, image_size=self.image_size, **self.render_kwargs)   # [B,V,3,S,S]
+        b, v = views.shape[:2]
+        pixels = (views.flatten(0, 1) - self.mean.to(views.device)) / self.std.to(views.device)
+        clip = _on(self.clip, clouds.device)
+        emb = F.normalize(clip.encode_image(pixels).float(), dim=-1).view(b, v, -1).mean(1)
+        return F.normalize(emb, dim=-1)
+
+    @torch.no_grad()
+    def embed_captions(self, captions: list[str]) -> torch.Tensor:
+        """captions (B strings) -> normalised CLIP text embeddings [B,d] float32."""
+        device = next(self.clip.parameters()).device
+        return F.normalize(self.clip.encode_text(self.tokenizer(list(captions)).to(device)).float(), dim=-1)
+
+    def update(self, clouds: torch.Tensor, captions: list[str]) -> None:
+        """clouds [B,6,N] generated for captions (B strings)."""
+        if isinstance(captions, str) or len(captions) != clouds.shape[0]:
+            raise ValueError(f"CLIPRPrecision: {clouds.shape[0]} clouds need as many captions, got {captions!r}")
+        self.image_emb.append(self.embed_clouds(clouds))
+        self.text_emb.append(self.embed_captions(captions).to(clouds.device))
+
+    def compute(self) -> torch.Tensor:
+        image = torch.cat(self.image_emb) if isinstance(self.image_emb, list) else self.image_emb
+        text = torch.cat(self.text_emb) if isinstance(self.text_emb, list) else self.text_emb
+        return r_precision_hits(image, text, self.num_distractors, self.top_k, self.seed).float().mean()
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Fréchet distance of Gaussians: ||mu1 - mu2||² + tr(S1 + S2 - 2 (S1 S2)^½) (real part of scipy's sqrtm)."""
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():   # singular product: regularise as the reference FID code does
+        eps = 1e-6 * np.eye(sigma1.shape[0])
+        covmean = scipy.linalg.sqrtm((sigma1 + eps) @ (sigma2 + eps))
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean.real))
+
+
+class PointFID(Metric):
+    """P-FID: Fréchet distance between Gaussians fitted (mean, unbiased covariance) to ``network.features`` of
+    real and generated clouds. ``network``: e.g. ``sepe.pointcloud_features.PointNet2SSG`` (features [B,F])."""
+
+    higher_is_better = False
+
+    def __init__(self, network: torch.nn.Module, feature_dim: int = 512, **kwargs):
+        super().__init__(**kwargs)
+        _hold(self, "network", network)
+        for side in ("real", "fake"):
+            self.add_state(f"{side}_sum", torch.zeros(feature_dim, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{side}_outer", torch.zeros(feature_dim, feature_dim, dtype=torch.float64),
+                           dist_reduce_fx="sum")
+            self.add_state(f"{side}_count", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, clouds: torch.Tensor | None = None, real: bool = False, *,
+               features: torch.Tensor | None = None) -> None:
+        """clouds [B,6,N] or [B,N,3] through the network, or ready ``features`` [B,F]; ``real``: which set."""
+        if (clouds is None) == (features is None):
+            raise ValueError("PointFID.update: give exactly one of clouds / features")
+        if features is None:
+            features = _network_output(self.network, clouds, "features")
+        side = "real" if real else "fake"
+        f = features.double()
+        setattr(self, f"{side}_sum", getattr(self, f"{side}_sum") + f.sum(0))
+        setattr(self, f"{side}_outer", getattr(self, f"{side}_outer") + f.T @ f)
+        setattr(self, f"{side}_count", getattr(self, f"{side}_count") + f.shape[0])
+
+    def _gaussian(self, side: str) -> tuple[np.ndarray, np.ndarray]:
+        n = int(getattr(self, f"{side}_count"))
+        if n < 2:
+            raise ValueError(f"PointFID: need at least 2 {side} clouds for a covariance, got {n}")
+        s, outer = getattr(self, f"{side}_sum").cpu().numpy(), getattr(self, f"{side}_outer").cpu().numpy()
+        mu = s / n
+        return mu, (outer - n * np.outer(mu, mu)) / (n - 1)
+
+    def compute(self) -> torch.Tensor:
+        return torch.tensor(frechet_distance(*self._gaussian("real"), *self._gaussian("fake")), dtype=torch.float32)
+
+
+class PointIS(Metric):
+    """P-IS: exp(E_x KL(p(y|x) || p(y))) on softmax(``network.logits``) of generated clouds, computed in
+    consecutive splits of ``split_size`` clouds (Point-E: 5000) and averaged; ``compute`` -> (mean, std)."""
+
+    higher_is_better = True
+
+    def __init__(self, network: torch.nn.Module, split_size: int = 5000, **kwargs):
+        super().__init__(**kwargs)
+        _hold(self, "network", network)
+        self.split_size = split_size
+        self.add_state("logits", [], dist_reduce_fx="cat")
+
+    def update(self, clouds: torch.Tensor | None = None, *, logits: torch.Tensor | None = None) -> None:
+        """clouds [B,6,N] or [B,N,3] through the network, or ready ``logits`` [B,K]."""
+        if (clouds is None) == (logits is None):
+            raise ValueError("PointIS.update: give exactly one of clouds / logits")
+        if logits is None:
+            logits = _network_output(self.network, clouds, "logits")
+        self.logits.append(logits.double())
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = torch.cat(self.logits) if isinstance(self.logits, list) else self.logits
+        log_p = torch.log_softmax(logits.double(), -1)
+        scores = []
+        for part in log_p.split(self.split_size):
+            log_marginal = torch.logsumexp(part, 0) - np.log(part.shape[0])
+            scores.append(torch.exp((part.exp() * (part - log_marginal)).sum(1).mean()))
+        scores = torch.stack(scores)
+        std = scores.std(unbiased=False) if len(scores) > 1 else torch.zeros((), dtype=scores.dtype)
+        return scores.mean().float(), std.float()
+
+
+@torch.no_grad()
+def _network_output(network: torch.nn.Module, clouds: torch.Tensor, what: str) -> torch.Tensor:
+    if clouds.ndim == 3 and clouds.shape[1] == 6:
+        xyz = clouds[:, :3].transpose(1, 2)
+    elif clouds.ndim == 3 and clouds.shape[-1] == 3:
+        xyz = clouds
+    else:
+        raise ValueError(f"point-cloud metric: clouds must be [B,6,N] (xyz + RGB) or [B,N,3], got {tuple(clouds.shape)}")
+    net = _on(network, clouds.device)
+    if net.training:
+        raise ValueError(f"{type(net).__name__} is in training mode; call .eval() before using it for metrics")
+    return getattr(net, what)(xyz.float())
