@@ -12,7 +12,6 @@ depend on them). Prints figures only.
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import replace
 
 import torch
@@ -21,20 +20,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from lang3d.point_e.diffusion import GaussianDiffusion
 from lang3d.point_e.models import build_model
 from lang3d.point_e.sampler import BASE_STAGE, PointCloudSampler
+from lang3d.timing import timed
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     """Measured fp32 GFLOP/s of an n×n matmul (best of ``repeats``)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    best = min(timed(lambda: a @ b) for _ in range(repeats))
     return 2 * n ** 3 / best / 1e9
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -53,7 +47,7 @@ def main() -> None:
             model(x, t, grid=grid)
         flops = counter.get_total_flops()
         model(x, t, grid=grid)                                      # warm-up
-        forward_s = min(_timed(lambda: model(x, t, grid=grid)) for _ in range(3))
+        forward_s = min(timed(lambda: model(x, t, grid=grid)) for _ in range(3))
         peak = matmul_gflops()
         print(f"threads: {torch.get_num_threads()}  base40M parameters: {params / 1e6:.1f} M")
         print(f"measured fp32 matmul (2048²): {peak:.1f} GFLOP/s")
@@ -63,7 +57,7 @@ def main() -> None:
         stage = replace(BASE_STAGE, steps=args.steps)
         sampler = PointCloudSampler([model], [GaussianDiffusion.from_schedule("cosine")], [stage])
         evaluations = 2 * args.steps - 1                            # Heun: 2 per step, 1 on the last
-        sample_s = _timed(lambda: sampler.sample(1, {"grid": grid}, torch.Generator().manual_seed(0)))
+        sample_s = timed(lambda: sampler.sample(1, {"grid": grid}, torch.Generator().manual_seed(0)))
     per_eval = sample_s / evaluations
     label = "measured" if args.steps == 64 else f"EXTRAPOLATED from {args.steps} steps ({evaluations} evaluations)"
     full_s = per_eval * 127

@@ -21,22 +21,12 @@ import torch
 from datamodules.modelnet40 import ModelNet40DataModule, prompt_names, templates
 from datamodules.synthetic.modelnet40 import generate_modelnet40
 from lang3d.clip import CLIPTextEncoder, load_clip
+from lang3d.timing import timed
 from pointbind.encoders import build_encoder
 from pointbind.head import ProjectionHead
 
 TEST_SHAPES = 2468
 NUM_POINTS = 8192
-
-
-def timed(fn, device: torch.device) -> float:
-    """Seconds one call of ``fn`` takes (CUDA synchronised)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 @torch.no_grad()

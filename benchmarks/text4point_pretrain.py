@@ -18,6 +18,7 @@ import torch
 
 from datamodules import ScanNetPairsDataModule
 from datamodules.synthetic.scannet import generate_scannet
+from lang3d.timing import timed
 from text4point import Text4PointPretraining
 
 
@@ -52,19 +53,14 @@ def main() -> None:
         model = Text4PointPretraining(clip_model=args.clip_model, clip_pretrained=None, image_log_interval=0).to(device)
         optimizer = model.configure_optimizers()["optimizer"]
         batch = next(iter(dm.train_dataloader()))
-        times = []
-        for step in range(args.steps + 1):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
+        def train_step():
             loss = model._losses(batch)["loss"]
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if step:  # the first step warms up
-                times.append(time.perf_counter() - start)
+
+        timed(train_step, device)  # warm-up
+        times = [timed(train_step, device) for _ in range(args.steps)]
         step_s = sum(times) / len(times)
         data_per_batch = data_s / len(samples) * args.batch_size
         print(f"model ({device.type}, {args.clip_model} + SR-UNet34, batch {args.batch_size}): {step_s:.3f} s/step")

@@ -9,24 +9,14 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 
 import lightning as L
 import torch
 
 from datamodules import S3DISDataModule
 from datamodules.synthetic.s3dis import generate_s3dis
+from lang3d.timing import timed
 from text4point import Text4PointSegmentation
-
-
-def timed(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main() -> None:
