@@ -98,7 +98,7 @@ demo: $(STAMP)
 	$(MAKE) finetune-s3dis S3DIS= CKPT=
 	$(MAKE) pointbind CAP3D= MODELNET40=
 	$(MAKE) sepe
-	$(PY) -m lang3d predict -c configs/sepe.yaml -c configs/sepe_sample.yaml \
+	$(PY) -m lang3d predict -c configs/sepe_sample.yaml \
 		--ckpt_path runs/sepe/checkpoints/last.ckpt --data.steps 16
 	@echo "Demo done. TensorBoard: $(VENV)/bin/tensorboard --logdir runs   (generated clouds: runs/sepe/samples)"
 
