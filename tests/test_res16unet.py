@@ -1,11 +1,10 @@
 """Res16UNet34C: parameter count, stride plan, gradients, SyncBN conversion, feature replacement."""
 
+import MinkowskiEngine as ME
 import pytest
 import torch
 
-ME = pytest.importorskip("MinkowskiEngine")
-
-from lang3d.backbones.res16unet import (  # noqa: E402
+from lang3d.backbones.res16unet import (
     Res16UNet34C,
     SparseInputError,
     convert_sync_batchnorm,
