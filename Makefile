@@ -12,7 +12,7 @@
 #                              real data, otherwise a demo on built-in synthetic objects (tiny random CLIP)
 #   make demo                  every pipeline briefly on built-in synthetic data (pre-train -> fine-tune, Point-Bind
 #                              -> zero-shot, SEPE -> sample), all logging under runs/
-#   make benchmark             data-pipeline and model throughput figures
+#   make benchmark (or bench)  every script in benchmarks/, then one summary table in runs/benchmarks/summary.md
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -28,7 +28,7 @@ MODELNET40 ?=
 SYNTHETIC_MODELNET40 ?= data/synthetic/modelnet40
 ARGS ?=
 
-.PHONY: install test pretrain-text4point finetune-s3dis sepe pointbind demo benchmark synthetic-scannet synthetic-s3dis clean-venv
+.PHONY: install test pretrain-text4point finetune-s3dis sepe pointbind demo benchmark bench synthetic-scannet synthetic-s3dis clean-venv
 
 install: $(STAMP)
 
@@ -102,11 +102,17 @@ demo: $(STAMP)
 		--ckpt_path runs/sepe/checkpoints/last.ckpt --data.steps 16
 	@echo "Demo done. TensorBoard: $(VENV)/bin/tensorboard --logdir runs   (generated clouds: runs/sepe/samples)"
 
+BENCH_DIR ?= runs/benchmarks
+
 benchmark: $(STAMP)
-	$(PY) benchmarks/text4point_pretrain.py
-	$(PY) benchmarks/text4point_s3dis.py
-	$(PY) benchmarks/point_e_speed.py
-	$(PY) benchmarks/pointbind_speed.py
+	rm -f $(BENCH_DIR)/figures.jsonl && mkdir -p $(BENCH_DIR)
+	LANG3D_BENCH_RECORD=$(BENCH_DIR)/figures.jsonl $(PY) benchmarks/text4point_pretrain.py
+	LANG3D_BENCH_RECORD=$(BENCH_DIR)/figures.jsonl $(PY) benchmarks/text4point_s3dis.py
+	LANG3D_BENCH_RECORD=$(BENCH_DIR)/figures.jsonl $(PY) benchmarks/point_e_speed.py
+	LANG3D_BENCH_RECORD=$(BENCH_DIR)/figures.jsonl $(PY) benchmarks/pointbind_speed.py
+	$(PY) benchmarks/summary.py $(BENCH_DIR)/figures.jsonl $(BENCH_DIR)/summary.md
+
+bench: benchmark
 
 clean-venv:
 	rm -rf $(VENV)

@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from lang3d.point_e.diffusion import GaussianDiffusion
 from lang3d.point_e.models import build_model
 from lang3d.point_e.sampler import BASE_STAGE, PointCloudSampler
-from lang3d.timing import timed
+from lang3d.timing import record, timed
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -51,8 +51,11 @@ def main() -> None:
         peak = matmul_gflops()
         print(f"threads: {torch.get_num_threads()}  base40M parameters: {params / 1e6:.1f} M")
         print(f"measured fp32 matmul (2048²): {peak:.1f} GFLOP/s")
+        record("point_e_speed", "fp32 matmul (2048²)", peak, "GFLOP/s")
         print(f"forward, batch 1, 1281 tokens: {flops / 1e9:.1f} GFLOP counted (paper: ≈137), {forward_s:.3f} s, "
               f"{flops / forward_s / 1e9:.1f} GFLOP/s ({100 * flops / forward_s / 1e9 / peak:.0f}% of matmul)")
+        record("point_e_speed", "base40M forward, batch 1", forward_s, "s")
+        record("point_e_speed", "base40M forward throughput", flops / forward_s / 1e9, "GFLOP/s")
 
         stage = replace(BASE_STAGE, steps=args.steps)
         sampler = PointCloudSampler([model], [GaussianDiffusion.from_schedule("cosine")], [stage])
@@ -64,6 +67,8 @@ def main() -> None:
     print(f"guided evaluation (batch 2): {per_eval:.3f} s, {2 * flops / per_eval / 1e9:.1f} GFLOP/s")
     print(f"full 64-step sample (127 evaluations × batch 2, {127 * 2 * flops / 1e12:.2f} TFLOP): "
           f"{full_s:.1f} s per sample [{label}]")
+    record("point_e_speed", f"base40M 64-step guided sample ({'measured' if args.steps == 64 else 'extrapolated'})",
+           full_s, "s/sample")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import torch
 from datamodules.modelnet40 import ModelNet40DataModule, prompt_names, templates
 from datamodules.synthetic.modelnet40 import generate_modelnet40
 from lang3d.clip import CLIPTextEncoder, load_clip
-from lang3d.timing import timed
+from lang3d.timing import record, timed
 from pointbind.encoders import build_encoder
 from pointbind.head import ProjectionHead
 
@@ -42,6 +42,7 @@ def encoder_throughput(name: str, batch: int, iterations: int, device: torch.dev
     seconds = sum(timed(lambda: head(encoder(points)), device) for _ in range(iterations)) / iterations
     print(f"encoder {name:9s} ({params:.1f} M params): {batch / seconds:7.2f} clouds/s "
           f"(batch {batch}, {NUM_POINTS} points, mean of {iterations} calls)")
+    record("pointbind_speed", f"{name} encoder, {NUM_POINTS} points ({device.type})", batch / seconds, "clouds/s")
     return batch / seconds
 
 
@@ -94,6 +95,7 @@ def main() -> None:
         encode, data, text = TEST_SHAPES / rate, TEST_SHAPES * data_s, prompts * text_s
         print(f"  {name:9s}: {encode + data + text:8.1f} s = encoder {encode:.1f} s + data {data:.1f} s "
               f"(one process; divide by num_workers) + class texts {text:.1f} s (one-off, then cached)")
+        record("pointbind_speed", f"{name} zero-shot ModelNet40 test set (extrapolated)", encode + data + text, "s")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import torch
 
 from datamodules import ScanNetPairsDataModule
 from datamodules.synthetic.scannet import generate_scannet
-from lang3d.timing import timed
+from lang3d.timing import record, timed
 from text4point import Text4PointPretraining
 
 
@@ -49,6 +49,7 @@ def main() -> None:
         print(f"data: {len(samples)} frames (depth {args.depth_size[0]}x{args.depth_size[1]}, colour "
               f"{args.color_size[0]}x{args.color_size[1]}), {voxels:.0f} voxels/frame, {pairs / len(kept):.0f} pairs/frame")
         print(f"data: {len(samples) / data_s:.2f} frames/s, {pairs / data_s:.0f} pairs/s (one process)")
+        record("text4point_pretrain", "2D-3D pair pipeline (one process)", pairs / data_s, "pairs/s")
 
         model = Text4PointPretraining(clip_model=args.clip_model, clip_pretrained=None, image_log_interval=0).to(device)
         optimizer = model.configure_optimizers()["optimizer"]
@@ -64,6 +65,7 @@ def main() -> None:
         step_s = sum(times) / len(times)
         data_per_batch = data_s / len(samples) * args.batch_size
         print(f"model ({device.type}, {args.clip_model} + SR-UNet34, batch {args.batch_size}): {step_s:.3f} s/step")
+        record("text4point_pretrain", f"pre-training step, batch {args.batch_size} ({device.type})", step_s, "s/step")
         print(f"ratio data/model per batch: {data_per_batch / step_s:.2f} "
               f"(≈ data-loader workers needed to keep the model busy)")
 

@@ -15,7 +15,7 @@ import torch
 
 from datamodules import S3DISDataModule
 from datamodules.synthetic.s3dis import generate_s3dis
-from lang3d.timing import timed
+from lang3d.timing import record, timed
 from text4point import Text4PointSegmentation
 
 
@@ -58,6 +58,8 @@ def main() -> None:
             timed(lambda: model.predict_points(val_batch), device)
             infer_s = sum(timed(lambda: model.predict_points(val_batch), device) for _ in range(args.steps)) / args.steps
         print(f"inference: {points} points in {infer_s:.3f} s = {points / infer_s:,.0f} points/s")
+        record("text4point_s3dis", f"S3DIS training iteration, batch {args.batch_size} ({device.type})", step_s, "s/it")
+        record("text4point_s3dis", f"S3DIS inference ({device.type})", points / infer_s, "points/s")
 
 
 if __name__ == "__main__":

@@ -72,3 +72,20 @@ def test_overlay_points_marks_exactly_the_given_pixels():
     np.testing.assert_array_equal(out[[0, 3], [6, 9]], colormap(np.array([1.0, 2.0])))
     assert (out[1, 5:] == 30).all()
     assert colormap(np.array([0.0, 1.0])).tolist() != colormap(np.array([1.0, 0.0])).tolist()
+
+
+def test_benchmark_figures_are_recorded_only_when_asked(tmp_path, monkeypatch):
+    import json
+
+    from lang3d.timing import RECORD_ENV, record, timed
+
+    monkeypatch.delenv(RECORD_ENV, raising=False)
+    record("s", "f", 1.0, "u")  # no file named: nothing written anywhere
+    path = tmp_path / "figures.jsonl"
+    monkeypatch.setenv(RECORD_ENV, str(path))
+    record("bench", "speed", 2.5, "items/s")
+    record("bench", "time", 0.5, "s")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows == [{"script": "bench", "figure": "speed", "value": 2.5, "unit": "items/s"},
+                    {"script": "bench", "figure": "time", "value": 0.5, "unit": "s"}]
+    assert timed(lambda: sum(range(1000))) >= 0.0
