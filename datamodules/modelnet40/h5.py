@@ -40,10 +40,14 @@ def read_file_list(path: str | Path) -> list[Path]:
 
 
 def read_h5(path: str | Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """One shard -> (points float32 [S,P,3], labels int64 [S]). A missing key, a bad shape or a label outside
-    0..num_classes-1 is a ``ModelNet40FormatError`` naming the file (and key or index)."""
+    """One shard -> (points float32 [S,P,3], labels int64 [S]). An unreadable file, a missing key, a bad shape or
+    a label outside 0..num_classes-1 is a ``ModelNet40FormatError`` naming the file (and key or index)."""
     path = Path(path)
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:  # missing, truncated or not HDF5 at all
+        raise ModelNet40FormatError(f"{path}: not a readable HDF5 file ({err})") from err
+    with f:
         for key in ("data", "label"):
             if key not in f:
                 raise ModelNet40FormatError(f"{path}: no dataset '{key}' (has {sorted(f.keys())})")

@@ -1,0 +1,108 @@
+"""A catalogue of bad inputs, one case per class: each gives an error that names the file (and what is wrong) or
+a counted skip. More specific cases (and the unknown config key: test_text4point_pretrain.py) live beside each
+reader's own tests."""
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datamodules import ScanNetPairsDataModule
+from datamodules.cap3d.objects import read_point_cloud
+from datamodules.modelnet40.h5 import read_h5
+from datamodules.s3dis.raw import read_annotation
+from datamodules.s3dis.rooms import load_room
+from datamodules.scannet.meta import read_split
+from datamodules.scannet.scene import ExportedScene
+from datamodules.scannet.sens import SensFile
+from lang3d.checkpoint import load_pretrained_weights
+from lang3d.data.object_samples import check_cloud
+
+
+def garbage(path, data=b"\x00\x01 not this format \xff"):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("name, read", [
+    ("cloud.ply", read_point_cloud),
+    ("room.npz", load_room),
+    ("shapes.h5", lambda p: read_h5(p, 40)),
+    ("scene.sens", SensFile),
+])
+def test_corrupt_file_is_a_named_error(tmp_path, name, read):
+    path = garbage(tmp_path / name)
+    with pytest.raises(Exception, match=name):
+        read(path)
+
+
+def test_corrupt_images_of_a_scan_name_the_file(tiny_scannet, tmp_path):
+    scene_dir = tmp_path / "scene0000_00"
+    shutil.copytree(tiny_scannet / "scans" / "scene0000_00", scene_dir)
+    garbage(scene_dir / "color" / "0.jpg")
+    garbage(scene_dir / "depth" / "1.png")
+    scene = ExportedScene(scene_dir)
+    with pytest.raises(Exception, match="0.jpg"):
+        scene.color(0)
+    with pytest.raises(Exception, match="1.png"):
+        scene.depth(1)
+
+
+def test_truncated_sens_is_a_named_error(tiny_scannet, tmp_path):
+    source = tiny_scannet / "scans" / "scene0000_00" / "scene0000_00.sens"
+    data = source.read_bytes()
+    truncated = tmp_path / "scene0000_00.sens"
+    truncated.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(Exception, match="truncated"):
+        SensFile(truncated).num_frames
+
+
+def test_nan_pose_and_all_zero_depth_are_counted_skips(tiny_scannet, tmp_path):
+    root = tmp_path / "scannet"
+    shutil.copytree(tiny_scannet, root)
+    scene = root / "scans" / "scene0000_00"
+    (scene / "pose" / "1.txt").write_text("inf inf inf inf\n" * 4)
+    Image.fromarray(np.zeros((30, 40), np.uint16)).save(scene / "depth" / "2.png")
+    dm = ScanNetPairsDataModule(str(root), frame_skip=1, batch_size=4, num_workers=0, image_size=(96, 128),
+                                voxel_size=0.05, min_pairs=8)
+    dm.setup("fit")
+    (batch,) = list(dm.train_dataloader())
+    assert batch["skipped"] == {"invalid_pose": 1, "too_few_pairs": 1} and len(batch["names"]) == 2
+
+
+@pytest.mark.parametrize("cloud, reason", [(np.zeros((0, 3)), "empty_cloud"),
+                                           (np.array([[0.0, np.nan, 0.0]] * 5), "nonfinite_cloud")])
+def test_empty_or_nan_cloud_is_a_counted_skip_reason(cloud, reason):
+    assert check_cloud(cloud) == reason
+
+
+def test_nan_coordinates_and_unknown_class_in_s3dis_name_the_file(tmp_path):
+    bad = tmp_path / "Annotations"
+    bad.mkdir()
+    (bad / "chair_1.txt").write_text("1.0 2.0 0.5 10 20 30\nnan 2.0 0.5 10 20 30\n")
+    with pytest.raises(Exception, match="chair_1.txt"):
+        read_annotation(bad / "chair_1.txt")
+    from datamodules.s3dis.raw import class_of
+    with pytest.raises(Exception, match="piano_1.txt"):
+        class_of(bad / "piano_1.txt")
+
+
+def test_label_outside_the_class_list_names_the_file(tmp_path):
+    import h5py
+    path = tmp_path / "ply_data_test0.h5"
+    with h5py.File(path, "w") as f:
+        f["data"] = np.zeros((2, 16, 3), np.float32)
+        f["label"] = np.array([[3], [41]], np.uint8)
+    with pytest.raises(Exception, match="ply_data_test0.h5"):
+        read_h5(path, 40)
+
+
+def test_missing_split_file_and_mismatched_checkpoint_are_named(tmp_path):
+    with pytest.raises(Exception, match="scannetv2_val.txt"):
+        read_split(tmp_path / "scannetv2_val.txt")
+    import torch
+    net = torch.nn.Linear(3, 4)
+    ckpt = tmp_path / "bad.ckpt"
+    torch.save({"state_dict": {"net.weight": torch.zeros(5, 3), "net.bias": torch.zeros(4)}}, ckpt)
+    with pytest.raises(Exception, match="net.weight"):
+        load_pretrained_weights(net, ckpt, prefix="net.")
