@@ -1,13 +1,12 @@
 """A catalogue of bad inputs, one case per class: each gives an error that names the file (and what is wrong) or
-a counted skip. More specific cases (and the unknown config key: test_text4point_pretrain.py) live beside each
-reader's own tests."""
+a counted skip. Two classes are tested where their pipeline is: a NaN pose and an all-zero depth map (counted
+skips, test_text4point_pretrain.py::test_invalid_pose_and_empty_depth_are_skipped_and_counted) and an unknown
+config key (test_text4point_pretrain.py::test_cli_rejects_a_wrong_config_key)."""
 import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from datamodules import ScanNetPairsDataModule
 from datamodules.cap3d.objects import read_point_cloud
 from datamodules.modelnet40.h5 import read_h5
 from datamodules.s3dis.raw import read_annotation
@@ -55,19 +54,6 @@ def test_truncated_sens_is_a_named_error(tiny_scannet, tmp_path):
     truncated.write_bytes(data[: len(data) * 2 // 3])
     with pytest.raises(Exception, match="truncated"):
         SensFile(truncated).num_frames
-
-
-def test_nan_pose_and_all_zero_depth_are_counted_skips(tiny_scannet, tmp_path):
-    root = tmp_path / "scannet"
-    shutil.copytree(tiny_scannet, root)
-    scene = root / "scans" / "scene0000_00"
-    (scene / "pose" / "1.txt").write_text("inf inf inf inf\n" * 4)
-    Image.fromarray(np.zeros((30, 40), np.uint16)).save(scene / "depth" / "2.png")
-    dm = ScanNetPairsDataModule(str(root), frame_skip=1, batch_size=4, num_workers=0, image_size=(96, 128),
-                                voxel_size=0.05, min_pairs=8)
-    dm.setup("fit")
-    (batch,) = list(dm.train_dataloader())
-    assert batch["skipped"] == {"invalid_pose": 1, "too_few_pairs": 1} and len(batch["names"]) == 2
 
 
 @pytest.mark.parametrize("cloud, reason", [(np.zeros((0, 3)), "empty_cloud"),
