@@ -1,0 +1,188 @@
+"""3D detection mAP as VoteNet's ``eval_det`` (ScanNet, SUN RGB-D): per-class greedy matching of score-sorted
+detections to ground-truth boxes, VOC all-point average precision (``use_07_metric=False``).
+
+DDP: a detection only competes with detections of its own scene for that scene's ground truth, so matching
+each scene by descending score at ``update`` gives the same TP/FP flags as VoteNet's global sort. The states are
+then per-detection (score, label, TP flag per threshold) lists concatenated across processes, plus per-class
+ground-truth counts summed, and ``compute`` is exact under any split of the scenes. These per-detection states
+are 1-D float tensors because torchmetrics stands in an empty float tensor for a process that saw no data.
+
+A match needs IoU >= threshold (VoteNet's code has a strict >; the two differ only for IoUs exactly at a
+threshold). Tied scores are ordered false positives first, which makes the result independent of the order the
+processes' detections are gathered in (the curve is then that of the distinct score thresholds; VoteNet leaves
+ties to an unstable sort).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from lang3d.boxes import box_iou
+
+
+def average_precision(recall, precision) -> float:
+    """VOC all-point AP: area under the step curve of the monotone (non-increasing) precision envelope.
+
+    recall [T], precision [T]: the curve of score-sorted detections (tensors or arrays, recall non-decreasing)."""
+    rec = np.concatenate([[0.0], np.asarray(torch.as_tensor(recall).cpu(), dtype=np.float64), [1.0]])
+    prec = np.concatenate([[0.0], np.asarray(torch.as_tensor(precision).cpu(), dtype=np.float64), [0.0]])
+    envelope = np.maximum.accumulate(prec[::-1])[::-1]
+    steps = np.nonzero(rec[1:] != rec[:-1])[0]
+    return float(np.sum((rec[steps + 1] - rec[steps]) * envelope[steps + 1]))
+
+
+def ap_from_matches(scores: torch.Tensor, tp: torch.Tensor, num_gt: int) -> tuple[float, float]:
+    """Detections of one class: scores [D], tp [D] bool, against num_gt ground truths -> (AP, max recall).
+    Both NaN without ground truth; (0, 0) without detections."""
+    if num_gt == 0:
+        return float("nan"), float("nan")
+    if len(scores) == 0:
+        return 0.0, 0.0
+    scores, tp = scores.double().cpu().numpy(), tp.cpu().numpy().astype(np.float64)
+    hits = np.cumsum(tp[np.lexsort((tp, -scores))])
+    recall = hits / num_gt
+    return average_precision(recall, hits / np.arange(1, len(hits) + 1)), float(recall[-1])
+
+
+def greedy_match(iou: np.ndarray, thresholds: Sequence[float], best_unmatched: bool) -> np.ndarray:
+    """TP flags [D,T] bool of D detections (rows of iou [D,G], in descending score order; entries that may never
+    match, e.g. another class, set negative) against G ground truths, at each of T thresholds.
+
+    ``best_unmatched=False`` (VOC / VoteNet): a detection takes its best-IoU ground truth and is a TP if that IoU
+    >= t and the ground truth is still free. ``True`` (COCO / instance segmentation): it takes the best-IoU
+    ground truth among those still free, a TP if that IoU >= t."""
+    thr = np.asarray(thresholds, dtype=np.float64)
+    num_det, num_gt = iou.shape
+    tp = np.zeros((num_det, len(thr)), dtype=bool)
+    if num_gt == 0:
+        return tp
+    taken = np.zeros((len(thr), num_gt), dtype=bool)
+    steps = np.arange(len(thr))
+    for d in np.nonzero(iou.max(1) >= thr.min())[0]:    # the others match nothing and leave the GT free
+        if best_unmatched:
+            free = np.where(taken, -np.inf, iou[d][None, :])          # [T,G]
+            best = free.argmax(1)
+            hit = free[steps, best] >= thr
+        else:
+            best = np.full(len(thr), iou[d].argmax())
+            hit = (iou[d, best] >= thr) & ~taken[steps, best]
+        tp[d] = hit
+        taken[steps[hit], best[hit]] = True
+    return tp
+
+
+class ScoredMatchMetric(Metric):
+    """Base of ``DetectionMAP`` and ``InstanceSegmentationMetrics``: per-detection states (score, label, TP flag per
+    IoU threshold) concatenated over scenes and processes, ground-truth counts per class summed."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, num_classes: int, iou_thresholds: Sequence[float], class_names: list[str] | None, **kwargs):
+        super().__init__(**kwargs)
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{type(self).__name__}: {len(class_names)} class names for {num_classes} classes")
+        if len(iou_thresholds) == 0 or any(not 0 < t <= 1 for t in iou_thresholds):
+            raise ValueError(f"{type(self).__name__}: IoU thresholds must lie in (0, 1], got {iou_thresholds}")
+        self.num_classes = num_classes
+        self.iou_thresholds = tuple(float(t) for t in iou_thresholds)
+        self.class_names = list(class_names) if class_names is not None else [str(k) for k in range(num_classes)]
+        for name in ("scores", "labels", "tp"):
+            self.add_state(name, [], dist_reduce_fx="cat")
+        self.add_state("num_gt", torch.zeros(num_classes, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def _check_labels(self, what: str, labels: torch.Tensor) -> None:
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"{type(self).__name__}.update: {what} must lie in [0, {self.num_classes}), got "
+                             f"{labels.min().item()}..{labels.max().item()}")
+
+    def _add_scene(self, scores: torch.Tensor, labels: torch.Tensor, iou: torch.Tensor, gt_labels: torch.Tensor,
+                   best_unmatched: bool) -> None:
+        """One scene: detections scores [D], labels [D]; iou [D,G] with its ground truths of labels [G]."""
+        order = torch.sort(scores, descending=True, stable=True).indices
+        scores, labels, iou = scores[order], labels[order], iou[order]
+        iou = iou.double().masked_fill(labels[:, None] != gt_labels[None, :], -1.0)   # other classes never match
+        tp = greedy_match(iou.cpu().numpy(), self.iou_thresholds, best_unmatched)
+        self.scores.append(scores.detach().float())
+        self.labels.append(labels.float())
+        self.tp.append(torch.as_tensor(tp.reshape(-1), dtype=torch.float32, device=scores.device))
+        self.num_gt += torch.bincount(gt_labels, minlength=self.num_classes).to(self.num_gt.device)
+
+    def _per_class(self) -> dict[str, torch.Tensor]:
+        """ap, recall, tp_count [T,K] float64 (NaN where the class has no ground truth), num_pred [K], num_gt [K]."""
+        def cat(state):
+            return dim_zero_cat(state).cpu() if len(state) else torch.zeros(0)
+        scores, labels = cat(self.scores), cat(self.labels).long()
+        tp = cat(self.tp).view(-1, len(self.iou_thresholds)).bool()
+        shape = (len(self.iou_thresholds), self.num_classes)
+        ap, recall = torch.full(shape, float("nan"), dtype=torch.float64), torch.full(shape, float("nan"),
+                                                                                       dtype=torch.float64)
+        num_gt = self.num_gt.cpu()
+        for k in range(self.num_classes):
+            mine = labels == k
+            for t in range(len(self.iou_thresholds)):
+                ap[t, k], recall[t, k] = ap_from_matches(scores[mine], tp[mine, t], int(num_gt[k]))
+        tp_count = torch.stack([torch.bincount(labels[tp[:, t]], minlength=self.num_classes)
+                                for t in range(len(self.iou_thresholds))]).double()
+        return {"ap": ap, "recall": recall, "tp_count": tp_count,
+                "num_pred": torch.bincount(labels, minlength=self.num_classes), "num_gt": num_gt}
+
+    def named_scores(self, result: dict[str, torch.Tensor]) -> dict[str, float]:
+        """``compute()``'s result flattened for logging: scalars as they are, per-class [K] entries as
+        ``"<key>/<class name>"`` (NaN classes left out)."""
+        out = {}
+        for key, value in result.items():
+            if value.dim() == 0:
+                out[key] = float(value)
+            else:
+                out.update({f"{key}/{name}": float(v) for name, v in zip(self.class_names, value) if not v.isnan()})
+        return out
+
+
+class DetectionMAP(ScoredMatchMetric):
+    """VoteNet's detection mAP. ``update(preds, targets)``: one dict per scene; preds ``boxes [P,7]`` (see
+    ``lang3d.boxes``), ``scores [P]``, ``labels [P] int64``; targets ``boxes [G,7]``, ``labels [G] int64``.
+
+    ``compute()``: ``map@t`` (mean AP over classes with ground truth), per-class ``ap@t`` [K] and ``recall@t`` [K]
+    (recall at the lowest score), NaN for classes without ground truth; keys formatted ``f"map@{t:g}"``."""
+
+    def __init__(self, num_classes: int, iou_thresholds: Sequence[float] = (0.25, 0.5), oriented: bool = False,
+                 class_names: list[str] | None = None, **kwargs):
+        super().__init__(num_classes, iou_thresholds, class_names, **kwargs)
+        self.oriented = oriented
+
+    def update(self, preds: list[dict], targets: list[dict]) -> None:
+        if len(preds) != len(targets):
+            raise ValueError(f"DetectionMAP.update: {len(preds)} prediction dicts for {len(targets)} target dicts")
+        for scene, (pred, target) in enumerate(zip(preds, targets)):
+            for what, d, keys in (("prediction", pred, ("boxes", "scores", "labels")),
+                                  ("target", target, ("boxes", "labels"))):
+                missing = [k for k in keys if k not in d]
+                n = len(d["boxes"]) if "boxes" in d else None
+                if missing or any(d[k].shape[0] != n for k in keys[1:]) or d["labels"].dim() != 1:
+                    shapes = {k: tuple(getattr(v, "shape", ())) for k, v in d.items()}
+                    raise ValueError(f"DetectionMAP.update: scene {scene}: {what} dict needs {keys} of matching "
+                                     f"length N (boxes [N,7]); got {shapes}")
+            self._check_labels("prediction labels", pred["labels"])
+            self._check_labels("target labels", target["labels"])
+            boxes, labels = pred["boxes"], pred["labels"].long()
+            gt_boxes, gt_labels = target["boxes"].to(boxes), target["labels"].long().to(boxes.device)
+            # only detections of a class present in the scene can match: skip the IoU of the others
+            iou = torch.full((len(boxes), len(gt_boxes)), -1.0, dtype=torch.float64, device=boxes.device)
+            rows = torch.isin(labels, gt_labels)
+            iou[rows] = box_iou(boxes[rows], gt_boxes, self.oriented).double()
+            self._add_scene(pred["scores"], labels, iou, gt_labels, best_unmatched=False)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        table = self._per_class()
+        out = {}
+        for i, t in enumerate(self.iou_thresholds):
+            out[f"map@{t:g}"] = table["ap"][i].nanmean()
+            out[f"ap@{t:g}"] = table["ap"][i]
+            out[f"recall@{t:g}"] = table["recall"][i]
+        return out
