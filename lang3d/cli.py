@@ -10,6 +10,8 @@ import importlib
 import lightning as L
 from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorFn
 
+from lang3d.resume import CheckpointOnSigterm, RandomStateCheckpoint
+
 
 def _import_project() -> None:
     """Import every pipeline so their LightningModules / DataModules can be named by short class name."""
@@ -50,10 +52,11 @@ class Lang3DCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
+    """Every run also gets the callbacks that make a killed run resume exactly (``lang3d.resume``)."""
     _import_project()
-    Lang3DCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True,
-                        subclass_mode_data=True, args=args, save_config_kwargs={"overwrite": True},
-                        auto_configure_optimizers=False)
+    Lang3DCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
+              save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
+              trainer_defaults={"callbacks": [RandomStateCheckpoint(), CheckpointOnSigterm()]})
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ e.g. ``lang3d-tiny-RN`` for tests and demos) with open_clip; nothing is download
 from __future__ import annotations
 
 import os
+import re
 import socket
 import zipfile
 from pathlib import Path
@@ -14,6 +15,7 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
@@ -51,12 +53,15 @@ def _hf_cache_dir(cache_dir: str | None) -> str:
     return constants.HF_HUB_CACHE
 
 
+def _uses_hf_hub(cfg: dict) -> bool:
+    return bool(cfg.get("hf_hub")) and open_clip.pretrained.has_hf_hub()
+
+
 def _cached_tag_file(cfg: dict, cache_dir: str | None) -> str | None:
     """Path of already-downloaded weights for an open_clip pretrained cfg (no network), else None."""
-    hf_hub = cfg.get("hf_hub", "")
-    if hf_hub and open_clip.pretrained.has_hf_hub():
+    if _uses_hf_hub(cfg):
         from huggingface_hub import try_to_load_from_cache
-        repo_id, filename = os.path.split(hf_hub)
+        repo_id, filename = os.path.split(cfg["hf_hub"])
         filename = filename or HF_WEIGHTS_NAME
         names = ([HF_SAFE_WEIGHTS_NAME] if filename == HF_WEIGHTS_NAME else []) + [filename]
         for name in names:
@@ -79,8 +84,22 @@ def _reachable(host: str, timeout: float = 3.0) -> bool:
         return False
 
 
+def download_lock(model_name: str, tag: str, cache_dir: str | None = None) -> FileLock:
+    """The inter-process lock file guarding the download of ``model_name``/``tag`` into its cache (the Hugging
+    Face cache for hub weights, else the URL cache; ``cache_dir`` overrides both), created with its folder.
+
+    Processes that start together (DDP ranks on one node, or on several nodes sharing the cache's filesystem)
+    take it in turn: the first downloads, the others wait and then find the weights cached. The lock is an OS
+    file lock, released by the OS should its holder die."""
+    cfg = open_clip.get_pretrained_cfg(model_name, tag)
+    folder = Path(_hf_cache_dir(cache_dir) if _uses_hf_hub(cfg) else cache_dir or _DEFAULT_URL_CACHE).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder / re.sub(r"[^\w.-]", "_", f"lang3d-clip-{model_name}-{tag}.lock")))
+
+
 def _resolve_tag(model_name: str, tag: str, cache_dir: str | None) -> tuple[str, dict]:
-    """Local weights path and pretrained cfg for ``model_name``/``tag``; downloads only when online."""
+    """Local weights path and pretrained cfg for ``model_name``/``tag``; downloads only when online, one process
+    at a time (``download_lock``)."""
     cfg = open_clip.get_pretrained_cfg(model_name, tag)
     cached = _cached_tag_file(cfg, cache_dir)
     if cached:
@@ -90,18 +109,26 @@ def _resolve_tag(model_name: str, tag: str, cache_dir: str | None) -> tuple[str,
     fix = (f"Download '{model_name}/{tag}' on a machine with internet (e.g. python -c \"import open_clip; "
            f"open_clip.create_model('{model_name}', pretrained='{tag}')\") and copy the cache here, or pass "
            f"pretrained: /path/to/{model_name}.pt (a local state dict / open_clip checkpoint / OpenAI archive).")
-    use_hf = bool(cfg.get("hf_hub")) and open_clip.pretrained.has_hf_hub()
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co") if use_hf else cfg["url"]).hostname
-    if _offline() or not _reachable(host):
-        reason = "offline mode is set" if _offline() else f"{host} is unreachable"
-        raise CLIPWeightsUnavailable(
-            f"CLIP weights for model '{model_name}' tag '{tag}' are not in the local cache and cannot be "
-            f"downloaded ({reason}). Looked in: {where}. {fix}")
-    try:
-        return open_clip.download_pretrained(cfg, cache_dir=cache_dir), cfg
-    except Exception as e:  # network / hub errors of any kind
-        raise CLIPWeightsUnavailable(
-            f"Downloading CLIP weights for '{model_name}' tag '{tag}' failed: {e}. Looked in: {where}. {fix}") from e
+
+    def unavailable(reason: str) -> CLIPWeightsUnavailable:
+        return CLIPWeightsUnavailable(f"CLIP weights for model '{model_name}' tag '{tag}' are not in the local "
+                                      f"cache and cannot be downloaded ({reason}). Looked in: {where}. {fix}")
+
+    if _offline():
+        raise unavailable("offline mode is set")
+    with download_lock(model_name, tag, cache_dir):
+        cached = _cached_tag_file(cfg, cache_dir)  # downloaded by another process while this one waited
+        if cached:
+            return cached, cfg
+        host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co") if _uses_hf_hub(cfg)
+                        else cfg["url"]).hostname
+        if not _reachable(host):
+            raise unavailable(f"{host} is unreachable")
+        try:
+            return open_clip.download_pretrained(cfg, cache_dir=cache_dir), cfg
+        except Exception as e:  # network / hub errors of any kind
+            raise CLIPWeightsUnavailable(f"Downloading CLIP weights for '{model_name}' tag '{tag}' failed: {e}. "
+                                         f"Looked in: {where}. {fix}") from e
 
 
 def _is_torchscript(path: str) -> bool:

@@ -15,9 +15,11 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import nn
 
 from datamodules.modelnet40.prompts import prompt_names, templates
+from lang3d.atomic import atomic_write
 from lang3d.checkpoint import FrozenWeightsNotSaved
 from lang3d.clip import CLIPTextEncoder, load_clip
 from lang3d.embedding_cache import EmbeddingCache, content_key, model_fingerprint
+from lang3d.sync_batchnorm import sync_batchnorm_under_ddp
 from lang3d.tensorboard import confusion_image, log_image
 from pointbind.arithmetic import composed_retrieval
 from pointbind.clip_image import CLIPImageEncoder
@@ -126,6 +128,11 @@ class PointBindAlignment(FrozenWeightsNotSaved, L.LightningModule):
         return self._classes[0], self._classes[1].to(self.device)
 
     # ---------------------------------------------------------------- training
+    def setup(self, stage: str) -> None:
+        """Under DDP (CPU or GPU) the 3D encoder's BatchNorm is synchronised across processes
+        (``lang3d.sync_batchnorm``)."""
+        self.encoder = sync_batchnorm_under_ddp(self.encoder, self.trainer)
+
     # ---------------------------------------------------------------- embedding arithmetic (predict)
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """One query of ``ArithmeticQueriesDataModule``: compose its 3D embedding with its text or image embedding
@@ -153,8 +160,8 @@ class PointBindAlignment(FrozenWeightsNotSaved, L.LightningModule):
 
     def on_predict_epoch_end(self) -> None:
         output = self.trainer.datamodule.output
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(self._arithmetic, indent=2))
+        with atomic_write(output, "w") as f:
+            json.dump(self._arithmetic, f, indent=2)
         rank_zero_info(f"embedding arithmetic: {len(self._arithmetic)} queries -> {output}")
 
     def _alignment(self, batch: dict) -> dict[str, torch.Tensor]:

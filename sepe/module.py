@@ -10,16 +10,18 @@ unit sphere -> radius 0.5, the scale of Cap3D's own ±0.5 clouds) and colours by
 """
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from plyfile import PlyData, PlyElement
 
+from lang3d.atomic import atomic_write
 from lang3d.checkpoint import FrozenWeightsNotSaved
 from lang3d.lora import POINT_E_LORA_TARGETS, apply_lora
+from lang3d.ply import write_point_ply
 from lang3d.point_e import (CLIPConditioner, GaussianDiffusion, PointCloudSampler, StageConfig, build_model,
                             load_official_checkpoint, unscale_channels)
 from lang3d.render import render_views
@@ -44,14 +46,10 @@ def write_cloud(stem: Path, cloud: np.ndarray, prompt: str, formats=("ply", "npz
     for fmt in formats:
         path = stem.with_suffix(f".{fmt}")
         if fmt == "ply":
-            vertex = np.empty(len(xyz), dtype=[(n, "f4") for n in "xyz"] + [(n, "u1") for n in ("red", "green", "blue")])
-            for i, n in enumerate("xyz"):
-                vertex[n] = xyz[:, i]
-            for i, n in enumerate(("red", "green", "blue")):
-                vertex[n] = rgb[:, i]
-            PlyData([PlyElement.describe(vertex, "vertex")]).write(str(path))
+            write_point_ply(path, xyz, rgb)
         elif fmt == "npz":
-            np.savez(path, coords=xyz, colors=rgb, prompt=np.array(prompt))
+            with atomic_write(path) as f:
+                np.savez(f, coords=xyz, colors=rgb, prompt=np.array(prompt))
         else:
             raise ValueError(f"unknown output format {fmt!r} (ply, npz)")
         written.append(path)
@@ -214,10 +212,14 @@ class SEPEFineTuning(FrozenWeightsNotSaved, L.LightningModule):
             self.log("train/skipped_samples", float(skipped), reduce_fx="sum", batch_size=b)
         return terms["loss"]
 
+    def batch_generator(self, batch: dict) -> torch.Generator:
+        """Generator seeded by the batch's object uids: the same t and noise every epoch, different ones on every
+        DDP rank, and the same scores for a checkpoint on any number of processes (at batch size 1)."""
+        return torch.Generator(self.device).manual_seed(zlib.crc32("|".join(batch["uid"]).encode()))
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        generator = torch.Generator(self.device).manual_seed(batch_idx)   # same t and noise every epoch
-        terms = self.losses(batch, generator)
-        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=len(batch["caption"]))
+        terms = self.losses(batch, self.batch_generator(batch))
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=len(batch["caption"]), sync_dist=True)
         if batch_idx == 0:
             n = self.hparams.val_num_samples
             self._val_shown = {"caption": batch["caption"][:n], "image": batch["image"][:n],
@@ -249,15 +251,16 @@ class SEPEFineTuning(FrozenWeightsNotSaved, L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         shown, self._val_shown = self._val_shown, None
-        if shown is None or self.trainer.sanity_checking:
-            return
+        if shown is None or self.trainer.sanity_checking or self.global_rank != 0:
+            return  # rank 0 samples its first batch's objects and logs them (the loggers write from rank 0)
         generator = torch.Generator(self.device).manual_seed(0)
         clouds = self.generate(shown["caption"], shown["image"], self.hparams.val_sample_steps, generator)
         base = clouds[:, :, :self.hparams.base_points]
-        self.log("val/sample_chamfer", chamfer_distance(base, shown["target"]).mean())
-        emd = EarthMoversDistance(num_points=min(base.shape[-1], shown["target"].shape[-1]))  # FPS to equal counts
+        self.log("val/sample_chamfer", chamfer_distance(base, shown["target"]).mean(), rank_zero_only=True)
+        emd = EarthMoversDistance(num_points=min(base.shape[-1], shown["target"].shape[-1]),  # FPS to equal counts
+                                  sync_on_compute=False)
         emd.update(base.cpu(), shown["target"].cpu())
-        self.log("val/sample_emd", emd.compute())
+        self.log("val/sample_emd", emd.compute(), rank_zero_only=True)
         renders = render_views(clouds[:, :3].transpose(1, 2), clouds[:, 3:].transpose(1, 2) / 255.0, image_size=128)
         step = self.global_step
         for i, (caption, image, cloud) in enumerate(zip(shown["caption"], shown["image"], clouds.cpu().numpy())):
@@ -273,8 +276,7 @@ class SEPEFineTuning(FrozenWeightsNotSaved, L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         """Generate a cloud for every held-out (caption, image) and score it against the object's cloud:
         Chamfer, EMD (base stage vs ground truth), CLIP R-precision, and P-FID / P-IS with a feature network."""
-        generator = torch.Generator(self.device).manual_seed(batch_idx)
-        clouds = self.generate(batch["caption"], batch["image"], None, generator)
+        clouds = self.generate(batch["caption"], batch["image"], None, self.batch_generator(batch))
         base, target = clouds[:, :, :self.hparams.base_points], self.batch_cloud(batch)
         self.test_chamfer.update(base, target)
         self.test_emd.update(base, target)

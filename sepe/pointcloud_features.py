@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lang3d.data.point_ops import farthest_point_sample, index_points, knn, normalize_unit_sphere
+from lang3d.sync_batchnorm import sync_batchnorm_under_ddp
 
 
 def _mlp(channels: list[int]) -> nn.Sequential:
@@ -97,6 +98,10 @@ class PointNet2Classification(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.net = PointNet2SSG(num_classes, width)
+
+    def setup(self, stage: str) -> None:
+        """Under DDP (CPU or GPU) the BatchNorm layers are synchronised across processes (``lang3d.sync_batchnorm``)."""
+        self.net = sync_batchnorm_under_ddp(self.net, self.trainer)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         pts = batch["points"].float()

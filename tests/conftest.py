@@ -29,3 +29,7 @@ def _seeded():
 
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "ddp: runs the CLI under Lightning DDP with 2 CPU processes (gloo)")

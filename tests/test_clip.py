@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from open_clip.transformer import QuickGELU
 
 from lang3d.clip import (CONFIG_DIR, CLIPDenseImageEncoder, CLIPLoadError, CLIPTextEncoder,
-                         CLIPWeightsFileError, CLIPWeightsUnavailable, class_prompts, interpolate_grid_pos_embed,
-                         load_clip)
+                         CLIPWeightsFileError, CLIPWeightsUnavailable, class_prompts, download_lock,
+                         interpolate_grid_pos_embed, load_clip)
 
 TINY = "lang3d-tiny-RN"
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)  # OpenAI CLIP constants
@@ -271,3 +271,61 @@ def test_tag_found_in_local_caches(tiny, tmp_path, monkeypatch):
     loaded, _ = load_clip(TINY, "urltag", cache_dir=str(tmp_path))
     assert isinstance(loaded.transformer.resblocks[0].mlp.gelu, QuickGELU)   # activation follows the tag
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+URL_TAG = {"urltag": dict(url="https://example.invalid/weights/tiny-url.pt", quick_gelu=True)}
+
+
+def _hold_lock(cache_dir, barrier, times):
+    """Run by two processes at once (after the barrier): hold the download lock of RN50/openai for 0.4 s and
+    record when."""
+    barrier.wait(timeout=60)
+    with download_lock("RN50", "openai", cache_dir):
+        start = time.time()
+        time.sleep(0.4)
+        times.put((start, time.time()))
+
+
+def test_download_lock_serialises_processes(tmp_path):
+    ctx = torch.multiprocessing.get_context("spawn")
+    barrier, times = ctx.Barrier(2), ctx.Queue()
+    other = ctx.Process(target=_hold_lock, args=(str(tmp_path), barrier, times))
+    other.start()
+    _hold_lock(str(tmp_path), barrier, times)
+    (a_start, a_end), (b_start, b_end) = sorted(times.get(timeout=60) for _ in range(2))
+    other.join(timeout=60)
+    assert other.exitcode == 0
+    assert a_end <= b_start, "both processes held the download lock at the same time"
+    assert list(tmp_path.glob("*.lock")) == [tmp_path / "lang3d-clip-RN50-openai.lock"]
+
+
+def _load_url_tag(cache_dir, started, result):
+    """A second process loading the tag while the first still 'downloads' it (holds the lock): offline, it can
+    only succeed by waiting for the lock and then reading the cache."""
+    open_clip.pretrained._PRETRAINED[TINY] = URL_TAG
+    started.set()
+    try:
+        model, _ = load_clip(TINY, "urltag", cache_dir=cache_dir)
+        result.put(("ok", time.time(), {k: v.sum().item() for k, v in model.state_dict().items()}))
+    except Exception as e:  # reported to the test process
+        result.put(("error", time.time(), repr(e)))
+
+
+def test_a_waiting_process_reads_what_the_downloader_cached(tiny, tmp_path, monkeypatch):
+    model, _ = tiny
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, TINY, URL_TAG)
+    ctx = torch.multiprocessing.get_context("spawn")
+    started, result = ctx.Event(), ctx.Queue()
+    with download_lock(TINY, "urltag", str(tmp_path)):   # this process is the downloader
+        other = ctx.Process(target=_load_url_tag, args=(str(tmp_path), started, result))
+        other.start()
+        assert started.wait(timeout=60)
+        time.sleep(1.0)                                    # the other process is now waiting for the lock
+        torch.save(model.state_dict(), tmp_path / "download.tmp")
+        (tmp_path / "download.tmp").rename(tmp_path / "tiny-url.pt")
+        released = time.time()
+    status, finished, payload = result.get(timeout=60)
+    other.join(timeout=60)
+    assert status == "ok", payload
+    assert finished >= released
+    assert payload == {k: v.sum().item() for k, v in model.state_dict().items()}

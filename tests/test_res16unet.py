@@ -4,12 +4,8 @@ import MinkowskiEngine as ME
 import pytest
 import torch
 
-from lang3d.backbones.res16unet import (
-    Res16UNet34C,
-    SparseInputError,
-    convert_sync_batchnorm,
-    sparse_features_like,
-)
+from lang3d.backbones.res16unet import Res16UNet34C, SparseInputError, sparse_features_like
+from lang3d.sync_batchnorm import SparseSyncBatchNorm, SyncBatchNorm, convert_sync_batchnorm
 
 IN_CH, OUT_CH = 3, 20
 
@@ -174,8 +170,8 @@ def test_convert_sync_batchnorm_keeps_weights(model):
     converted = convert_sync_batchnorm(converted)
     sync = [m for m in converted.modules() if isinstance(m, ME.MinkowskiBatchNorm)]
     assert len(sync) == n_bn
-    assert all(isinstance(m, ME.MinkowskiSyncBatchNorm) for m in sync)
-    assert all(isinstance(m.bn, torch.nn.SyncBatchNorm) for m in sync)
+    assert all(isinstance(m, SparseSyncBatchNorm) for m in sync)
+    assert all(isinstance(m.bn, SyncBatchNorm) for m in sync)
     assert all(m.bn.momentum == 0.05 for m in sync)
     new_state = converted.state_dict()
     assert new_state.keys() == state.keys()

@@ -6,7 +6,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from plyfile import PlyData
 
 from datamodules.cap3d import Cap3DDataModule

@@ -44,7 +44,7 @@ def pretrain_checkpoint(tmp_path_factory):
 def test_pretrained_3d_network_loads_by_name(pretrain_checkpoint):
     path, pretrained = pretrain_checkpoint
     model = Text4PointSegmentation(CLASSES, **TINY, pretrained=str(path))
-    for name, tensor in model.net.state_dict().items():
+    for name, tensor in model.guided.net.state_dict().items():
         if name.startswith("backbone.head."):
             assert tensor.shape[-1] == len(CLASSES) or tensor.shape[0] == len(CLASSES)
             continue

@@ -6,24 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import MinkowskiEngine as ME
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
-from plyfile import PlyData, PlyElement
 
-from lang3d.backbones.res16unet import sync_batchnorm_under_ddp
-from lang3d.checkpoint import load_pretrained_weights
-from lang3d.clip import CLIPTextEncoder, load_clip
+from lang3d.atomic import atomic_write
 from lang3d.metrics import SegmentationMetrics
-from lang3d.prompt_learner import PROMPT_KINDS, build_class_embeddings
-from lang3d.sparse_index import lookup_rows
+from lang3d.ply import write_point_ply
+from lang3d.sync_batchnorm import sync_batchnorm_under_ddp
 from lang3d.tensorboard import confusion_image, label_colors, log_image, log_point_cloud
-from text4point.aux_loss import auxiliary_loss, pseudo_labels
-from text4point.network import Text4PointNet
-
-ENCODER_STRIDE = 16
+from text4point.guided_net import GuidedOutput, LanguageGuidedNet
 
 
 class Text4PointSegmentation(L.LightningModule):
@@ -52,48 +44,32 @@ class Text4PointSegmentation(L.LightningModule):
                  poly_power: float = 0.9, stem_kernel_size: int = 3, bn_momentum: float = 0.05,
                  log_point_cloud_every_n_epochs: int = 1):
         super().__init__()
-        if text_mode not in PROMPT_KINDS:
-            raise ValueError(f"text_mode must be one of {PROMPT_KINDS}, got {text_mode!r}")
         self.save_hyperparameters()
         self.class_names = list(class_names)
-        clip, tokenizer = load_clip(clip_model, clip_pretrained)
-        text_encoder = CLIPTextEncoder(clip, tokenizer)
-        options = {"learned": {"n_ctx": n_ctx}, "fixed": {"template": prompt_template}, "random": {}}[text_mode]
-        self.text = build_class_embeddings(text_mode, text_encoder, self.class_names, **options)
-        d = text_encoder.embed_dim
-        self.net = Text4PointNet(in_channels, len(self.class_names), d, use_tqm=use_tqm, tqm_heads=tqm_heads,
-                                 stem_kernel_size=stem_kernel_size, bn_momentum=bn_momentum)
-        if pretrained:
-            report = load_pretrained_weights(self.net, pretrained, prefix="net.", reinit_prefixes=("backbone.head.",))
-            rank_zero_info(f"Text4Point weights from {pretrained}:\n{report.summary()}")
+        self.guided = LanguageGuidedNet(self.class_names, len(self.class_names), clip_model, clip_pretrained, text_mode,
+                                        n_ctx, prompt_template, use_tqm, tqm_heads, in_channels, stem_kernel_size,
+                                        bn_momentum, pretrained)
         self.val_metrics = SegmentationMetrics(len(self.class_names), ignore_index)
         self.test_metrics = SegmentationMetrics(len(self.class_names), ignore_index)
         self._shown_room: dict | None = None
+        self._predictions_dir: Path | None = None
 
     # ---------------------------------------------------------------- forward and losses
-    def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        """Logits [ΣV, K] per input voxel (in the batch's row order) and the intermediate features."""
-        coords = batch["coord"].to(self.device)
-        x = ME.SparseTensor(features=batch["color"].to(self.device) - 0.5, coordinates=coords, device=self.device)
-        rows = lookup_rows(x.C, coords)
-        text = self.text()
-        feats = self.net(x, text)
-        return feats.z3d.F[rows], {"feats": feats, "text": text}
+    def forward(self, batch: dict) -> tuple[torch.Tensor, GuidedOutput]:
+        """Logits [ΣV, K] per input voxel (in the batch's row order) and the network's outputs."""
+        out = self.guided(batch["coord"], batch["color"] - 0.5)
+        return out.voxel_features, out
 
     def _losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        logits, extra = self(batch)
+        logits, guided = self(batch)
         target = batch["segment"].to(self.device)
-        loss_task = F.cross_entropy(logits, target, ignore_index=self.hparams.ignore_index)
+        hp = self.hparams
+        loss_task = F.cross_entropy(logits, target, ignore_index=hp.ignore_index)
         out = {"loss_task": loss_task, "loss": loss_task}
-        if self.hparams.aux_loss_weight > 0:
-            h3d = extra["feats"].h3d
-            coords = batch["coord"].to(self.device)
-            labels = pseudo_labels(h3d.C[:, 1:].float() + ENCODER_STRIDE / 2, h3d.C[:, 0], coords[:, 1:].float() + 0.5,
-                                   coords[:, 0], target, self.hparams.aux_radius_voxels, self.hparams.ignore_index)
-            loss_aux = auxiliary_loss(extra["feats"].h3d_expanded, extra["text"], labels,
-                                      self.hparams.aux_temperature, self.hparams.ignore_index)
-            out["loss_aux"] = loss_aux
-            out["loss"] = loss_task + self.hparams.aux_loss_weight * loss_aux
+        if hp.aux_loss_weight > 0:
+            out["loss_aux"] = self.guided.auxiliary_loss(guided, batch["coord"], target, hp.aux_radius_voxels,
+                                                         hp.aux_temperature, hp.ignore_index)
+            out["loss"] = loss_task + hp.aux_loss_weight * out["loss_aux"]
         return out
 
     def predict_points(self, batch: dict) -> torch.Tensor:
@@ -103,18 +79,13 @@ class Text4PointSegmentation(L.LightningModule):
 
     # ---------------------------------------------------------------- Lightning hooks
     def setup(self, stage: str) -> None:
-        """Under multi-GPU DDP the sparse network's BatchNorm becomes MinkowskiSyncBatchNorm (the dense layers'
-        BatchNorm follows ``trainer.sync_batchnorm``)."""
-        self.net = sync_batchnorm_under_ddp(self.net, self.trainer)
+        """Under DDP (CPU or GPU) every BatchNorm of the network (sparse and dense) is synchronised across
+        processes (``lang3d.sync_batchnorm``)."""
+        self.guided = sync_batchnorm_under_ddp(self.guided, self.trainer)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self._losses(batch)
-        bs = len(batch["names"])
-        for key, value in out.items():
-            self.log(f"train/{key}", value, batch_size=bs, prog_bar=key == "loss")
-        if self.hparams.use_tqm:
-            self.log("tqm/alpha", self.net.alpha, batch_size=bs)
-            self.log("tqm/beta", self.net.beta, batch_size=bs)
+        self.guided.log_training(self, out, len(batch["names"]))
         return out["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -139,6 +110,11 @@ class Text4PointSegmentation(L.LightningModule):
         pred = self.predict_points(batch)
         self.test_metrics.update(pred, batch["point_segment"].to(self.device))
         self._write_predictions(batch, pred.cpu().numpy())
+
+    def on_test_epoch_start(self) -> None:
+        """``trainer.log_dir`` is a collective under DDP (broadcast from rank 0): read it once on every rank, not
+        per batch (the ranks may hold different numbers of test batches)."""
+        self._predictions_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "predictions"
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test", self.test_metrics)
@@ -166,21 +142,14 @@ class Text4PointSegmentation(L.LightningModule):
     def _write_predictions(self, batch: dict, pred: np.ndarray) -> None:
         """Per room: ``<log_dir>/predictions/<name>.labels.npy`` (class per point) and ``<name>.ply`` (points
         coloured by prediction)."""
-        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "predictions"
+        out_dir = self._predictions_dir
         owner = batch["inverse"][:, 0].numpy()
         xyz = batch["point_coord"].numpy()
         for b, name in enumerate(batch["names"]):
             mask = owner == b
             labels = pred[mask]
             path = out_dir / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path.with_suffix(".labels.npy"), labels.astype(np.int64))
-            colors = label_colors(labels, len(self.class_names))
-            vertex = np.empty(len(labels), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"),
-                                                  ("green", "u1"), ("blue", "u1"), ("label", "u2")])
-            for axis, key in enumerate("xyz"):
-                vertex[key] = xyz[mask, axis]
-            for channel, key in enumerate(("red", "green", "blue")):
-                vertex[key] = colors[:, channel]
-            vertex["label"] = labels
-            PlyData([PlyElement.describe(vertex, "vertex")]).write(str(path.with_suffix(".ply")))
+            with atomic_write(path.with_suffix(".labels.npy")) as f:
+                np.save(f, labels.astype(np.int64))
+            write_point_ply(path.with_suffix(".ply"), xyz[mask], label_colors(labels, len(self.class_names)),
+                            label=labels.astype(np.uint16))

@@ -2,6 +2,7 @@
 pixel-voxel contrastive learning on RGB-D 2D-3D pairs, with the Text Querying Module in between."""
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 
 import lightning as L
@@ -12,17 +13,15 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.scannet.meta import CLASS_LABELS
-from lang3d.backbones.res16unet import sync_batchnorm_under_ddp
 from lang3d.checkpoint import FrozenWeightsNotSaved
 from lang3d.clip import CLIPDenseImageEncoder, CLIPTextEncoder, load_clip
 from lang3d.losses import masked_l1, pixel_voxel_contrastive_loss
 from lang3d.prompt_learner import build_class_embeddings
 from lang3d.sparse_index import coarsen, lookup_rows
+from lang3d.sync_batchnorm import sync_batchnorm_under_ddp
 from lang3d.tensorboard import log_image, overlay_points
 from text4point.image_branch import ImageDecoder
-from text4point.network import Text4PointNet
-
-ENCODER_STRIDE = 16
+from text4point.network import ENCODER_STRIDE, Text4PointNet
 
 
 class Text4PointPretraining(FrozenWeightsNotSaved, L.LightningModule):
@@ -82,7 +81,7 @@ class Text4PointPretraining(FrozenWeightsNotSaved, L.LightningModule):
 
         pairs = batch["pairs"].to(self.device)  # [M, 4] (batch, voxel, row, col)
         fine = rows_in[pairs[:, 1]]
-        generator = torch.Generator().manual_seed(hash((self.hparams.seed, self.global_step, self.global_rank)) % 2**63)
+        generator = torch.Generator().manual_seed(self._pair_seed(batch))
 
         # encoder level: coarse voxel (stride 16) ↔ CLIP feature cell
         coarse = lookup_rows(feats.h3d.C, coarsen(x.C[fine], ENCODER_STRIDE))
@@ -105,11 +104,19 @@ class Text4PointPretraining(FrozenWeightsNotSaved, L.LightningModule):
         return {"loss": loss, "loss_enc": loss_enc, "loss_dec": loss_dec, "loss_depth": loss_depth,
                 "match_acc_enc": acc_enc, "pairs": torch.tensor(float(len(pairs)))}
 
+    def _pair_seed(self, batch: dict) -> int:
+        """Seed of the pair sampling: per (seed, step, rank) in training; in evaluation per (seed, frames of the
+        batch), so a checkpoint scores the same on any number of processes (batch size 1: the same batches)."""
+        if self.training:
+            return hash((self.hparams.seed, self.global_step, self.global_rank)) % 2**63
+        return zlib.crc32("|".join([str(self.hparams.seed), *batch["names"]]).encode())
+
     # ---------------------------------------------------------------- Lightning hooks
     def setup(self, stage: str) -> None:
-        """Under multi-GPU DDP the sparse network's BatchNorm becomes MinkowskiSyncBatchNorm (the dense layers'
-        BatchNorm follows ``trainer.sync_batchnorm``)."""
+        """Under DDP (CPU or GPU) every BatchNorm of the trainable networks (sparse and dense) is synchronised
+        across processes (``lang3d.sync_batchnorm``)."""
         self.net = sync_batchnorm_under_ddp(self.net, self.trainer)
+        self.image_decoder = sync_batchnorm_under_ddp(self.image_decoder, self.trainer)
 
     def training_step(self, batch: dict, batch_idx: int):
         n_skipped = sum(batch["skipped"].values())

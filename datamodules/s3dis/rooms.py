@@ -9,13 +9,12 @@ Files are written atomically (temporary file + ``os.replace``), so an interrupte
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
 
+from lang3d.atomic import atomic_write
 from datamodules.s3dis.raw import S3DIS_CLASSES, list_rooms, read_room, resolve_raw_root
 
 CACHE_FORMAT = 1
@@ -58,7 +57,8 @@ def prepare_rooms(raw_root: str | Path, cache_root: str | Path, areas) -> list[s
 def save_room(path: Path, room: dict[str, np.ndarray]) -> None:
     """Write one room atomically (arrays as in ``read_room``)."""
     arrays = {key: np.asarray(room[key]).astype(dtype) for key, dtype in _STORED.items()}
-    _write_atomic(path, lambda f: np.savez(f, **arrays))
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
 
 
 def load_room(path: str | Path) -> dict[str, np.ndarray]:
@@ -119,16 +119,6 @@ def _read_manifest(cache_root: Path) -> dict:
 
 def _write_manifest(cache_root: Path, manifest: dict) -> None:
     text = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    _write_atomic(cache_root / "manifest.json", lambda f: f.write(text))
+    with atomic_write(cache_root / "manifest.json") as f:
+        f.write(text)
 
-
-def _write_atomic(path: Path, write: Callable) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

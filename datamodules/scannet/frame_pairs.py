@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from lang3d.atomic import atomic_write
 from datamodules.scannet.pairs import PairConfig, build_frame_pair
 from datamodules.scannet.scene import open_scene, pose_is_valid
 
@@ -80,11 +80,8 @@ class ScanNetFramePairs(Dataset):
 
 
 def _save_atomic(path: Path, sample: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         np.savez(f, **{k: np.asarray(v) for k, v in sample.items()})
-    os.replace(tmp, path)
 
 
 def _load_cached(path: Path) -> dict:

@@ -10,7 +10,8 @@ Layer plan of PointContrast / Pri3D / SLidR and ME's ``examples/minkunet.py`` (`
 
 All convolutions are 3-D and bias-free except the head. BatchNorm ``momentum`` has torch semantics
 (``running = (1 - momentum) * running + momentum * batch``); MinkowskiBatchNorm passes it straight to
-``torch.nn.BatchNorm1d``, as PointContrast does with its default 0.05.
+``torch.nn.BatchNorm1d``, as PointContrast does with its default 0.05. Under DDP the BatchNorm layers are
+synchronised by ``lang3d.sync_batchnorm`` (converted in the LightningModules' ``setup``).
 """
 
 from __future__ import annotations
@@ -208,38 +209,6 @@ class Res16UNet34C(nn.Module):
 
     def forward(self, x: ME.SparseTensor) -> ME.SparseTensor:
         return self.decode(*self.encode(x))
-
-
-def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
-    """Replace every MinkowskiBatchNorm in ``module`` by a MinkowskiSyncBatchNorm sharing its parameters.
-
-    ME 0.5.4's ``MinkowskiSyncBatchNorm.convert_sync_batchnorm`` builds the new layer and then re-adds the
-    old layer's children, which puts the plain ``BatchNorm1d`` back in place of the ``SyncBatchNorm``
-    (no synchronisation). This does the same conversion without that step. Use under (GPU) DDP.
-    """
-    if isinstance(module, ME.MinkowskiBatchNorm) and not isinstance(module, ME.MinkowskiSyncBatchNorm):
-        bn = module.bn
-        out = ME.MinkowskiSyncBatchNorm(
-            bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, process_group
-        )
-        if bn.affine:
-            out.bn.weight = bn.weight
-            out.bn.bias = bn.bias
-        out.bn.running_mean = bn.running_mean
-        out.bn.running_var = bn.running_var
-        out.bn.num_batches_tracked = bn.num_batches_tracked
-        return out.train(module.training)
-    for name, child in module.named_children():
-        module.add_module(name, convert_sync_batchnorm(child, process_group))
-    return module
-
-
-def sync_batchnorm_under_ddp(module: nn.Module, trainer) -> nn.Module:
-    """``convert_sync_batchnorm(module)`` when ``trainer`` runs several processes on GPUs, else ``module``
-    unchanged (call from a LightningModule's ``setup``, before the optimizer is built)."""
-    if trainer.world_size > 1 and trainer.strategy.root_device.type == "cuda":
-        return convert_sync_batchnorm(module)
-    return module
 
 
 def sparse_features_like(x: ME.SparseTensor, features: Tensor) -> ME.SparseTensor:

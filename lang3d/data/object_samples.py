@@ -6,7 +6,6 @@ counted by ``collate_object_samples``.
 """
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -14,6 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from lang3d.atomic import atomic_write
 from lang3d.data.point_ops import farthest_point_sample_np
 
 
@@ -76,11 +76,8 @@ class PointSelector:
         """Cache FPS indices [num_points] of a cloud of ``count`` points (no-op without ``cache_dir``)."""
         if self.cache_dir is None:
             return
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, np.asarray(idx).astype(np.uint16 if count <= 65536 else np.int32))
-        os.replace(tmp, path)
+        with atomic_write(self._path(key)) as f:
+            np.save(f, np.asarray(idx).astype(np.uint16 if count <= 65536 else np.int32))
 
     def is_cached(self, key: str, count: int) -> bool:
         return count <= self.num_points or self._load(key, count) is not None

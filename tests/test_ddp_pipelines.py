@@ -1,0 +1,232 @@
+"""Every pipeline through the real CLI under Lightning DDP: 2 CPU processes (gloo), tiny synthetic data.
+
+Each run is ``python -m lang3d fit|test ... --trainer.strategy ddp --trainer.devices 2`` in a subprocess (Lightning's
+launcher re-executes that command line for rank 1). ``RankReport`` (a callback given on the command line) writes,
+on every rank, the epoch metrics after evaluation and, after training, a hash of the module's weights and buffers
+and the type of every trainable BatchNorm layer. Checked: both ranks finish with identical weights and running
+statistics (synchronised BatchNorm everywhere), both ranks hold the same evaluation metrics, and those equal the
+metrics of a one-process run of the saved checkpoint on the same data (evaluation batch size 1, so batches are
+the same whatever the number of processes).
+"""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import MinkowskiEngine as ME
+import numpy as np
+import pytest
+from torch.nn.modules.batchnorm import _NormBase
+
+from datamodules.synthetic.cap3d import generate_cap3d
+from datamodules.synthetic.modelnet40 import generate_modelnet40
+from datamodules.synthetic.s3dis import generate_s3dis
+from lang3d.cli import main as cli_main
+
+pytestmark = pytest.mark.ddp
+
+REPO = Path(__file__).resolve().parents[1]
+DDP = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
+ONE = ["--trainer.accelerator", "cpu", "--trainer.strategy", "auto", "--trainer.devices", "1"]
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+class RankReport(L.Callback):
+    """Writes ``<out>/<stage>.rank<r>.json`` on every rank: ``validate`` / ``test``: the epoch metrics
+    (``trainer.callback_metrics``); ``fit``: sha256 of the state dict after every training step (before anything
+    else, e.g. a validation forward, could re-broadcast rank 0's buffers) and {name: type} of trainable norm layers."""
+
+    def __init__(self, out: str):
+        self.out = Path(out)
+        self.hashes: list[str] = []
+
+    def _write(self, trainer: L.Trainer, stage: str, payload: dict) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / f"{stage}.rank{trainer.global_rank}.json").write_text(json.dumps(payload, indent=1))
+
+    def _metrics(self, trainer: L.Trainer) -> dict:
+        return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self._write(trainer, "validate", self._metrics(trainer))
+
+    def on_test_end(self, trainer, pl_module):
+        self._write(trainer, "test", self._metrics(trainer))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        digest = hashlib.sha256()
+        for key, value in sorted(pl_module.state_dict().items()):
+            digest.update(key.encode() + value.detach().cpu().contiguous().numpy().tobytes())
+        self.hashes.append(digest.hexdigest())
+
+    def on_train_end(self, trainer, pl_module):
+        norms = {name: type(m).__name__ for name, m in pl_module.named_modules()
+                 if isinstance(m, (_NormBase, ME.MinkowskiBatchNorm)) and any(p.requires_grad for p in m.parameters())}
+        self._write(trainer, "fit", {"sha256": self.hashes, "norms": norms, "world_size": trainer.world_size})
+
+
+def callbacks(run: Path, checkpoint: bool = True) -> list[str]:
+    items = [{"class_path": "test_ddp_pipelines.RankReport", "init_args": {"out": str(run / "report")}}]
+    if checkpoint:
+        items.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                      "init_args": {"dirpath": str(run / "ckpt"), "save_last": True, "save_top_k": 0}})
+    return ["--trainer.callbacks", json.dumps(items)]
+
+
+def run_ddp(args: list[str], timeout: float = 240) -> str:
+    """``python -m lang3d <args> <DDP>`` in a subprocess (its own session, killed whole on timeout)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lang3d", *args, *DDP, *QUIET], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"DDP run timed out after {timeout} s:\n{proc.communicate()[0][-6000:]}")
+    assert proc.returncode == 0, f"DDP run failed ({proc.returncode}):\n{out[-8000:]}"
+    return out
+
+
+def reports(run: Path, stage: str, world: int = 2) -> list[dict]:
+    paths = [run / "report" / f"{stage}.rank{r}.json" for r in range(world)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    assert not missing, f"no {stage} report from {missing}"
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def check_training(run: Path, batchnorms: set[str], steps: int = 2) -> None:
+    """Both ranks made ``steps`` steps and after each held identical weights and buffers (DDP averages the
+    gradients; the running statistics agree only if BatchNorm is synchronised); the trainable BatchNorm layers
+    are exactly of the types ``batchnorms``."""
+    rank0, rank1 = reports(run, "fit")
+    assert rank0["world_size"] == 2 and len(rank0["sha256"]) == len(rank1["sha256"]) == steps
+    assert rank0["sha256"] == rank1["sha256"], "the ranks' weights or buffers differ after a DDP training step"
+    assert {kind for kind in rank0["norms"].values() if "BatchNorm" in kind} == batchnorms, rank0["norms"]
+
+
+def check_metrics(ddp_run: Path, single_run: Path, stage: str, prefix: str, rank_zero_only=()) -> dict:
+    """The ``prefix`` metrics: identical on both DDP ranks, and equal to those of the one-process run. Metrics
+    in ``rank_zero_only`` are logged by rank 0 alone: rank 1 must not hold them."""
+    rank0, rank1 = reports(ddp_run, stage)
+    (single,) = reports(single_run, stage, world=1)
+    assert not set(rank_zero_only) & rank1.keys()
+    rank1 = {**rank1, **{k: rank0[k] for k in rank_zero_only if k in rank0}}
+    picked = [{k: v for k, v in r.items() if k.startswith(prefix)} for r in (rank0, rank1, single)]
+    assert picked[2], f"no {prefix}* metric in {sorted(single)}"
+    assert picked[0] == picked[1], "the DDP ranks hold different evaluation metrics"
+    assert picked[0].keys() == picked[2].keys()
+    for key, value in picked[2].items():
+        assert picked[0][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    return picked[2]
+
+
+# ---------------------------------------------------------------- data (built once per module)
+@pytest.fixture(scope="module")
+def tiny_s3dis(tmp_path_factory):
+    """3 rooms per area: the 3 test rooms split 2 / 1 over the ranks."""
+    root = tmp_path_factory.mktemp("s3dis")
+    generate_s3dis(root, areas=(1, 5), rooms_per_area=3, points_per_room=3000, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def objects(tmp_path_factory):
+    root = tmp_path_factory.mktemp("objects")
+    generate_cap3d(root / "cap3d", num_objects=10, views=2, image_size=32, points=512)
+    generate_modelnet40(root / "modelnet40", train_per_class=1, test_per_class=2, points=512, formats=("resampled",))
+    return root
+
+
+# ---------------------------------------------------------------- pipelines
+def fit_ddp(config: list[str], run: Path, *extra: str) -> None:
+    """Two training steps under DDP, validation at the end (batch size 1), checkpoint ``<run>/ckpt/last.ckpt``."""
+    run_ddp(["fit", *config, "--trainer.max_steps", "2", "--trainer.num_sanity_val_steps", "0",
+             "--trainer.default_root_dir", str(run), "--trainer.logger.init_args.save_dir", str(run),
+             *callbacks(run), *extra])
+
+
+def evaluate_alone(command: str, config: list[str], run: Path, ckpt: Path) -> None:
+    """``validate`` / ``test`` of the checkpoint in this process, one CPU process, no logger."""
+    cli_main([command, *config, *ONE, *QUIET, "--trainer.logger", "false", "--trainer.default_root_dir", str(run),
+              *callbacks(run, checkpoint=False), "--ckpt_path", str(ckpt)])
+
+
+def test_text4point_pretraining(tiny_scannet, tmp_path):
+    config = ["-c", "configs/text4point/pretrain_scannet.yaml", "-c", "configs/text4point/demo_synthetic.yaml",
+              "--data.root", str(tiny_scannet), "--data.frame_skip", "1", "--data.image_size", "[96, 128]",
+              "--data.voxel_size", "0.05", "--data.num_workers", "0", "--data.batch_size", "1",
+              "--model.feature_dim", "16", "--model.decoder_width", "16", "--model.num_pairs", "128"]
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    fit_ddp(config, ddp, "--model.image_log_interval", "1")
+    check_training(ddp, {"SparseSyncBatchNorm", "SyncBatchNorm"})   # SR-UNet; TQM and 2D decoder
+    (events,) = ddp.rglob("events.out.tfevents.*")   # rank 0 writes the TensorBoard log, rank 1 nothing
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    assert "pairs/matched_voxels" in accumulator.Tags()["images"]
+    evaluate_alone("validate", config, single, ddp / "ckpt" / "last.ckpt")
+    metrics = check_metrics(ddp, single, "validate", "val/")
+    assert {"val/loss", "val/loss_enc", "val/loss_dec", "val/pairs"} <= metrics.keys()
+
+
+def test_s3dis_finetuning(tiny_s3dis, tmp_path):
+    config = ["-c", "configs/text4point/finetune_s3dis.yaml", "-c", "configs/text4point/demo_synthetic_s3dis.yaml",
+              "--data.root", str(tiny_s3dis), "--data.num_workers", "0", "--data.batch_size", "1",
+              "--data.val_batch_size", "1"]
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    fit_ddp(config, ddp, "--trainer.check_val_every_n_epoch", "1")
+    check_training(ddp, {"SparseSyncBatchNorm", "SyncBatchNorm"})
+    ckpt = ddp / "ckpt" / "last.ckpt"
+    tested = ddp / "test"
+    run_ddp(["test", *config, "--trainer.default_root_dir", str(tested), "--trainer.logger.init_args.save_dir",
+             str(tested), *callbacks(ddp, checkpoint=False), "--ckpt_path", str(ckpt)])
+    evaluate_alone("test", config, single, ckpt)
+    metrics = check_metrics(ddp, single, "test", "test")
+    assert {"test/miou", "test/macc", "test/oa"} <= metrics.keys()
+    # every test room's predictions written once (rank 0 has 2 rooms, rank 1 one), equal to one process's
+    alone = sorted(single.rglob("*.labels.npy"))
+    assert len(alone) == 3 and len(list(tested.rglob("*.labels.npy"))) == 3
+    for path in alone:
+        (twin,) = tested.rglob(f"{path.parent.name}/{path.name}")
+        np.testing.assert_array_equal(np.load(twin), np.load(path))
+
+
+def _cap3d(prefix: str, objects: Path) -> list[str]:
+    """Cap3D options (under ``prefix``): 4 training objects (2 steps at batch size 1 per rank), 6 validation."""
+    return [f"--{prefix}.root", str(objects / "cap3d"), f"--{prefix}.num_workers", "0", f"--{prefix}.num_points",
+            "256", f"--{prefix}.split_fractions", "[0.6, 0.4]", f"--{prefix}.batch_size", "1",
+            f"--{prefix}.val_batch_size", "1"]
+
+
+def test_pointbind(objects, tmp_path):
+    alignment, zeroshot = "--data.init_args.alignment.init_args", "--data.init_args.zeroshot.init_args"
+    config = ["-c", "configs/pointbind.yaml", "-c", "configs/pointbind_demo.yaml", *_cap3d(alignment[2:], objects),
+              f"{alignment}.image_size", "[32, 32]", f"{zeroshot}.root", str(objects / "modelnet40"),
+              f"{zeroshot}.num_workers", "0", f"{zeroshot}.num_points", "256", f"{zeroshot}.batch_size", "2",
+              "--model.init_args.embedding_cache", str(tmp_path / "cache"), "--model.init_args.log_embeddings", "20"]
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    fit_ddp(config, ddp, "--trainer.max_epochs", "1")
+    check_training(ddp, {"SyncBatchNorm"})   # Point-BERT's tokenizer
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["clip_embeddings.rank0.h5",
+                                                                      "clip_embeddings.rank1.h5"]
+    evaluate_alone("validate", config, single, ddp / "ckpt" / "last.ckpt")
+    metrics = check_metrics(ddp, single, "validate", "val")
+    assert {"val/zeroshot_top1", "val/zeroshot_class_mean", "val_retrieval_pairs/3d_to_text/R@1",
+            "val_retrieval_classes/3d_to_3d/mAP"} <= metrics.keys()
+
+
+def test_sepe(objects, tmp_path):
+    config = ["-c", "configs/sepe.yaml", *_cap3d("data", objects), "--model.val_sample_steps", "2",
+              "--model.val_num_samples", "1"]
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    fit_ddp(config, ddp, "--trainer.max_epochs", "1")
+    check_training(ddp, set())   # no BatchNorm in Point-E or the fusion
+    evaluate_alone("validate", config, single, ddp / "ckpt" / "last.ckpt")
+    samples = ("val/sample_chamfer", "val/sample_emd")   # rank 0 draws and logs the validation samples
+    metrics = check_metrics(ddp, single, "validate", "val/", rank_zero_only=samples)
+    assert {"val/loss", "val/diffusion", "val/chamfer", *samples} <= metrics.keys()
