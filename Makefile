@@ -6,6 +6,10 @@
 #   make finetune-s3dis        Text4Point fine-tuning on S3DIS; S3DIS=/path/to/s3dis CKPT=/path/to/pretrain.ckpt,
 #                              otherwise a demo on built-in synthetic rooms (with the pre-training demo's checkpoint
 #                              when there is one)
+#   make finetune-s3dis-ins    Text4Point instance segmentation on S3DIS (PointGroup-style head); same S3DIS= / CKPT=
+#   make finetune-scannet-det  Text4Point VoteNet detection on ScanNet; SCANNET_DET=/path/to/votenet/scannet CKPT=...,
+#                              otherwise a demo on built-in synthetic scans in VoteNet's format
+#   make finetune-sunrgbd-det  the same on SUN RGB-D; SUNRGBD=/path/to/votenet/sunrgbd CKPT=...
 #   make sepe                  SEPE fine-tuning of Point-E (configs/sepe.yaml: built-in Cap3D-format data and tiny
 #                              models as shipped; see its header for a real run), ARGS=... for overrides
 #   make pointbind             Point-Bind alignment then ModelNet40 zero-shot test; CAP3D=/path MODELNET40=/path for
@@ -26,9 +30,13 @@ DEMO_PRETRAIN_CKPT := runs/text4point_pretrain_demo/checkpoints/last.ckpt
 CAP3D ?=
 MODELNET40 ?=
 SYNTHETIC_MODELNET40 ?= data/synthetic/modelnet40
+SCANNET_DET ?=
+SYNTHETIC_SCANNET_DET ?= data/synthetic/scannet_detection
+SUNRGBD ?=
+SYNTHETIC_SUNRGBD ?= data/synthetic/sunrgbd
 ARGS ?=
 
-.PHONY: install test pretrain-text4point finetune-s3dis sepe pointbind demo benchmark bench synthetic-scannet synthetic-s3dis clean-venv
+.PHONY: install test pretrain-text4point finetune-s3dis finetune-s3dis-ins finetune-scannet-det finetune-sunrgbd-det sepe pointbind demo benchmark bench synthetic-scannet synthetic-s3dis clean-venv
 
 install: $(STAMP)
 
@@ -59,17 +67,64 @@ $(SYNTHETIC_S3DIS)/Stanford3dDataset_v1.2_Aligned_Version: | $(STAMP)
 
 synthetic-s3dis: $(SYNTHETIC_S3DIS)/Stanford3dDataset_v1.2_Aligned_Version
 
+# $(call finetune_demo,<config>,<demo overlay>,<data root>) (configs/text4point/*.yaml): fine-tune from CKPT, else from
+# the pre-training demo's checkpoint when there is one, else from scratch.
+define finetune_demo
+	@ckpt="$(CKPT)"; if [ -z "$$ckpt" ] && [ -f $(DEMO_PRETRAIN_CKPT) ]; then ckpt=$(DEMO_PRETRAIN_CKPT); fi; \
+	if [ -n "$$ckpt" ]; then echo "initialising from $$ckpt"; else echo "no pre-training checkpoint: from scratch"; fi; \
+	$(PY) -m lang3d fit -c configs/text4point/$(1).yaml -c configs/text4point/$(2).yaml --data.root $(3) \
+		--model.pretrained "$${ckpt:-null}" $(ARGS)
+endef
+
 ifeq ($(strip $(S3DIS)),)
 finetune-s3dis: $(STAMP) $(SYNTHETIC_S3DIS)/Stanford3dDataset_v1.2_Aligned_Version
 	@echo "No S3DIS given (make finetune-s3dis S3DIS=/path CKPT=/path/to/pretrain.ckpt): running the demo on built-in"
 	@echo "synthetic rooms in $(SYNTHETIC_S3DIS) with the tiny CLIP of the pre-training demo."
-	@ckpt="$(CKPT)"; if [ -z "$$ckpt" ] && [ -f $(DEMO_PRETRAIN_CKPT) ]; then ckpt=$(DEMO_PRETRAIN_CKPT); fi; \
-	if [ -n "$$ckpt" ]; then echo "initialising from $$ckpt"; else echo "no pre-training checkpoint: from scratch"; fi; \
-	$(PY) -m lang3d fit -c configs/text4point/finetune_s3dis.yaml -c configs/text4point/demo_synthetic_s3dis.yaml \
-		--data.root $(SYNTHETIC_S3DIS) --model.pretrained "$${ckpt:-null}" $(ARGS)
+	$(call finetune_demo,finetune_s3dis,demo_synthetic_s3dis,$(SYNTHETIC_S3DIS))
 else
 finetune-s3dis: $(STAMP)
 	$(PY) -m lang3d fit -c configs/text4point/finetune_s3dis.yaml --data.root $(S3DIS) \
+		--model.pretrained "$(if $(CKPT),$(CKPT),null)" $(ARGS)
+endif
+
+ifeq ($(strip $(S3DIS)),)
+finetune-s3dis-ins: $(STAMP) $(SYNTHETIC_S3DIS)/Stanford3dDataset_v1.2_Aligned_Version
+	@echo "No S3DIS given (make finetune-s3dis-ins S3DIS=/path CKPT=/path/to/pretrain.ckpt): instance segmentation"
+	@echo "demo on built-in synthetic rooms in $(SYNTHETIC_S3DIS) with the tiny CLIP of the pre-training demo."
+	$(call finetune_demo,instance_s3dis,demo_synthetic_s3dis_ins,$(SYNTHETIC_S3DIS))
+	$(PY) -m lang3d test -c configs/text4point/instance_s3dis.yaml -c configs/text4point/demo_synthetic_s3dis_ins.yaml \
+		--data.root $(SYNTHETIC_S3DIS) --ckpt_path runs/text4point_s3dis_ins_demo/checkpoints/last.ckpt
+else
+finetune-s3dis-ins: $(STAMP)
+	$(PY) -m lang3d fit -c configs/text4point/instance_s3dis.yaml --data.root $(S3DIS) \
+		--model.pretrained "$(if $(CKPT),$(CKPT),null)" $(ARGS)
+endif
+
+$(SYNTHETIC_SCANNET_DET)/meta_data/scannetv2_train.txt: | $(STAMP)
+	$(PY) -m datamodules.synthetic.scannet_detection --out $(SYNTHETIC_SCANNET_DET) --scenes 6 --points 20000
+
+$(SYNTHETIC_SUNRGBD)/sunrgbd_trainval/train_data_idx.txt: | $(STAMP)
+	$(PY) -m datamodules.synthetic.sunrgbd --out $(SYNTHETIC_SUNRGBD) --train 4 --val 2 --points 20000
+
+ifeq ($(strip $(SCANNET_DET)),)
+finetune-scannet-det: $(STAMP) $(SYNTHETIC_SCANNET_DET)/meta_data/scannetv2_train.txt
+	@echo "No SCANNET_DET given (make finetune-scannet-det SCANNET_DET=/path/to/votenet/scannet CKPT=...): detection"
+	@echo "demo on built-in synthetic scans in VoteNet's format in $(SYNTHETIC_SCANNET_DET), tiny CLIP."
+	$(call finetune_demo,detection_scannet,demo_synthetic_scannet_det,$(SYNTHETIC_SCANNET_DET))
+else
+finetune-scannet-det: $(STAMP)
+	$(PY) -m lang3d fit -c configs/text4point/detection_scannet.yaml --data.root $(SCANNET_DET) \
+		--model.pretrained "$(if $(CKPT),$(CKPT),null)" $(ARGS)
+endif
+
+ifeq ($(strip $(SUNRGBD)),)
+finetune-sunrgbd-det: $(STAMP) $(SYNTHETIC_SUNRGBD)/sunrgbd_trainval/train_data_idx.txt
+	@echo "No SUNRGBD given (make finetune-sunrgbd-det SUNRGBD=/path/to/votenet/sunrgbd CKPT=...): detection demo"
+	@echo "on built-in synthetic samples in VoteNet's format in $(SYNTHETIC_SUNRGBD), tiny CLIP."
+	$(call finetune_demo,detection_sunrgbd,demo_synthetic_sunrgbd_det,$(SYNTHETIC_SUNRGBD))
+else
+finetune-sunrgbd-det: $(STAMP)
+	$(PY) -m lang3d fit -c configs/text4point/detection_sunrgbd.yaml --data.root $(SUNRGBD) \
 		--model.pretrained "$(if $(CKPT),$(CKPT),null)" $(ARGS)
 endif
 
@@ -108,6 +163,7 @@ benchmark: $(STAMP)
 	rm -f $(BENCH_DIR)/figures.jsonl && mkdir -p $(BENCH_DIR)
 	LANG3D_BENCH_RECORD=$(BENCH_DIR)/figures.jsonl $(PY) benchmarks/text4point_pretrain.py
 	LANG3D_BENCH_RECORD=$(BENCH_DIR)/figures.jsonl $(PY) benchmarks/text4point_s3dis.py
+	LANG3D_BENCH_RECORD=$(BENCH_DIR)/figures.jsonl $(PY) benchmarks/text4point_detection.py
 	LANG3D_BENCH_RECORD=$(BENCH_DIR)/figures.jsonl $(PY) benchmarks/point_e_speed.py
 	LANG3D_BENCH_RECORD=$(BENCH_DIR)/figures.jsonl $(PY) benchmarks/pointbind_speed.py
 	$(PY) benchmarks/summary.py $(BENCH_DIR)/figures.jsonl $(BENCH_DIR)/summary.md

@@ -15,7 +15,7 @@ import torch
 
 from datamodules import S3DISDataModule
 from datamodules.synthetic.s3dis import generate_s3dis
-from lang3d.timing import record, timed
+from lang3d.timing import optimizer_step, record, seconds_per_call
 from text4point import Text4PointSegmentation
 
 
@@ -39,15 +39,9 @@ def main() -> None:
         train_batch = next(iter(dm.train_dataloader()))
         voxels = len(train_batch["coord"])
 
-        def train_step():
-            loss = model._losses(train_batch)["loss"]
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
         model.train()
-        timed(train_step, device)  # warm-up
-        step_s = sum(timed(train_step, device) for _ in range(args.steps)) / args.steps
+        step_s = seconds_per_call(optimizer_step(lambda: model._losses(train_batch)["loss"], optimizer), device,
+                                  args.steps)
         print(f"training ({device.type}, {args.clip_model} text + SR-UNet34, batch {args.batch_size} rooms, "
               f"{voxels} voxels at 5 cm): {step_s:.3f} s/iteration")
 
@@ -55,8 +49,7 @@ def main() -> None:
         val_batch = next(iter(dm.val_dataloader()))
         points = len(val_batch["point_segment"])
         with torch.no_grad():
-            timed(lambda: model.predict_points(val_batch), device)
-            infer_s = sum(timed(lambda: model.predict_points(val_batch), device) for _ in range(args.steps)) / args.steps
+            infer_s = seconds_per_call(lambda: model.predict_points(val_batch), device, args.steps)
         print(f"inference: {points} points in {infer_s:.3f} s = {points / infer_s:,.0f} points/s")
         record("text4point_s3dis", f"S3DIS training iteration, batch {args.batch_size} ({device.type})", step_s, "s/it")
         record("text4point_s3dis", f"S3DIS inference ({device.type})", points / infer_s, "points/s")

@@ -1,4 +1,5 @@
-"""Pictures for TensorBoard: overlays, colour maps. Loggers other than TensorBoard are ignored."""
+"""Pictures for TensorBoard: overlays, colour maps, bird's-eye views of boxes. Loggers other than TensorBoard
+are ignored."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,6 +7,8 @@ import torch
 from PIL import Image, ImageDraw
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+from lang3d.boxes import box_corners
 
 
 def colormap(values: np.ndarray) -> np.ndarray:
@@ -75,3 +78,37 @@ def log_image(logger, tag: str, image: np.ndarray, step: int) -> None:
     """Log uint8 [H, W, 3] to TensorBoard (no-op for other loggers)."""
     if isinstance(logger, TensorBoardLogger):
         logger.experiment.add_image(tag, torch.from_numpy(np.array(image)), step, dataformats="HWC")
+
+
+def bev_boxes_image(points: np.ndarray, box_sets: list[tuple[np.ndarray, tuple[int, int, int]]],
+                    size: int = 512, margin: int = 12) -> np.ndarray:
+    """Bird's-eye view (x right, y up, centred) of points [N,3] metres, coloured by height (2×2 pixels each),
+    with box outlines on top: ``box_sets`` = [(boxes [M,7] in the ``lang3d.boxes`` convention, RGB colour), ...],
+    drawn in order; a line from each box centre to the middle of its +dx face shows the heading.
+    Returns uint8 [size, size, 3]."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    footprints = [box_corners(torch.as_tensor(np.asarray(b, np.float64).reshape(-1, 7)))[:, :4, :2].numpy()
+                  for b, _ in box_sets]
+    xy = np.concatenate([points[:, :2]] + [f.reshape(-1, 2) for f in footprints])
+    lo, hi = (xy.min(0), xy.max(0)) if len(xy) else (np.zeros(2), np.ones(2))
+    scale = (size - 2 * margin) / max(float((hi - lo).max()), 1e-6)
+    pad = (size - (hi - lo) * scale) / 2      # centres the drawing
+
+    def pixels(p: np.ndarray) -> np.ndarray:  # [...,2] metres -> [...,2] (column, row)
+        return np.stack([pad[0] + (p[..., 0] - lo[0]) * scale, size - 1 - pad[1] - (p[..., 1] - lo[1]) * scale], -1)
+
+    canvas = np.full((size, size, 3), 255, np.uint8)
+    if len(points):
+        order = np.argsort(points[:, 2], kind="stable")  # higher points drawn last
+        px = np.round(pixels(points[order, :2])).astype(np.int64)
+        colours = (0.7 * colormap(points[:, 2])[order] + 0.3 * 255).astype(np.uint8)
+        for dr, dc in ((0, 0), (0, 1), (1, 0), (1, 1)):   # 2×2 pixels per point: sparse clouds stay visible
+            canvas[np.clip(px[:, 1] + dr, 0, size - 1), np.clip(px[:, 0] + dc, 0, size - 1)] = colours
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    for footprint, (_, colour) in zip(footprints, box_sets):
+        for corners in pixels(footprint):
+            draw.polygon([tuple(c) for c in corners], outline=tuple(colour), width=2)
+            front = (corners[0] + corners[3]) / 2
+            draw.line([tuple(corners.mean(0)), tuple(front)], fill=tuple(colour), width=2)
+    return np.asarray(image)

@@ -33,3 +33,21 @@ def record(script: str, figure: str, value: float, unit: str) -> None:
         return
     with open(path, "a") as f:
         f.write(json.dumps({"script": script, "figure": figure, "value": float(value), "unit": unit}) + "\n")
+
+
+def seconds_per_call(fn: Callable[[], object], device: torch.device | str = "cpu", repeats: int = 3,
+                     warmup: int = 1) -> float:
+    """Mean seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (allocator, cuDNN, caches)."""
+    for _ in range(warmup):
+        timed(fn, device)
+    return sum(timed(fn, device) for _ in range(repeats)) / repeats
+
+
+def optimizer_step(loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """A training iteration to time: ``loss_fn()``, backward, optimizer step."""
+    def step() -> None:
+        loss = loss_fn()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return step

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import lightning as L
@@ -20,6 +19,7 @@ from lang3d.checkpoint import FrozenWeightsNotSaved
 from lang3d.clip import CLIPTextEncoder, load_clip
 from lang3d.embedding_cache import EmbeddingCache, content_key, model_fingerprint
 from lang3d.sync_batchnorm import sync_batchnorm_under_ddp
+from lang3d.schedules import warmup_cosine
 from lang3d.tensorboard import confusion_image, log_image
 from pointbind.arithmetic import composed_retrieval
 from pointbind.clip_image import CLIPImageEncoder
@@ -202,14 +202,7 @@ class PointBindAlignment(FrozenWeightsNotSaved, L.LightningModule):
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas))
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup, floor = min(hp.warmup_steps, total - 1), hp.min_lr / hp.lr
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
+        factor = warmup_cosine(max(min(hp.warmup_steps, total - 1), 0), total, hp.min_lr / hp.lr)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 

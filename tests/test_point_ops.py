@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lang3d.data.object_samples import PointCountError, PointSelector, check_cloud, collate_object_samples
-from lang3d.data.point_ops import (farthest_point_sample, farthest_point_sample_np, index_points, knn,
+from lang3d.data.point_ops import (ball_query, farthest_point_sample, farthest_point_sample_np, index_points, knn,
                                    normalize_unit_sphere)
 
 
@@ -143,3 +143,37 @@ def test_collate_object_samples_stacks_lists_and_counts_skips():
     assert batch["name"] == ["a", "c"]
     assert batch["skipped"] == {"empty_cloud": 1, "blank_view": 2}
     assert collate_object_samples(samples[1:2]) == {"skipped": {"empty_cloud": 1}}
+
+
+def ball_query_reference(query, points, radius, num_samples):
+    """pointnet2's kernel as a Python loop: scan the points in order, keep those with d < radius, the first one
+    found fills every slot before the later ones overwrite theirs; zeros when none is found."""
+    out = []
+    for q in query:
+        idx, count = [0] * num_samples, 0
+        for j, p in enumerate(points):
+            if math.dist(q, p) < radius:
+                if count == 0:
+                    idx = [j] * num_samples
+                idx[count] = j
+                count += 1
+                if count == num_samples:
+                    break
+        out.append(idx)
+    return out
+
+
+def test_ball_query_matches_the_pointnet2_loop_including_padding_and_empty_balls():
+    g = torch.Generator().manual_seed(7)
+    points = torch.rand(2, 60, 3, generator=g)
+    query = torch.cat([points[:, :10], torch.full((2, 2, 3), 5.0)], 1)  # two queries far from every point
+    for radius, samples in ((0.15, 4), (0.3, 8), (2.0, 16), (0.3, 70)):
+        idx = ball_query(query, points, radius, samples)
+        assert idx.shape == (2, 12, samples) and idx.dtype == torch.int64
+        for b in range(2):
+            assert idx[b].tolist() == ball_query_reference(query[b].tolist(), points[b].tolist(), radius, samples)
+    idx = ball_query(query, points, 0.15, 4)
+    assert (idx[:, 10:] == 0).all()                                        # empty ball: index 0 everywhere
+    assert (idx[:, :10, 0] <= torch.arange(10)).all()                      # a query point finds itself or earlier
+    with pytest.raises(ValueError, match="radius > 0"):
+        ball_query(query, points, 0.0, 4)

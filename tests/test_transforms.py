@@ -173,3 +173,27 @@ def test_grid_sample_rejects_unknown_mode_and_train_without_rng():
         GridSample(0.05, mode="eval")
     with pytest.raises(ValueError, match="rng"):
         GridSample(0.05, mode="train")(_room())
+
+
+def test_grid_sample_carries_instance_ids_like_labels():
+    data = _grid_room()
+    data["instance"] = np.random.default_rng(5).integers(-1, 6, size=3000)
+    data["segment"] = np.arange(3000)  # unique label = point id: reveals the drawn point
+    train = GridSample(0.5, mode="train", keep_points=True)(_frozen(data), np.random.default_rng(0))
+    np.testing.assert_array_equal(train["instance"], data["instance"][train["segment"]])
+    test = GridSample(0.5, mode="test", keep_points=True)(data)
+    inverse = test["inverse"][:, 0]
+    for v in range(len(test["coord"])):
+        ids, counts = np.unique(data["instance"][inverse == v], return_counts=True)
+        assert test["instance"][v] == ids[counts == counts.max()].min()
+    for out in (train, test):
+        assert out["instance"].dtype == np.int64 and out["instance"].shape == (len(out["coord"]),)
+        np.testing.assert_array_equal(out["point_instance"], data["instance"])
+    plain = GridSample(0.5, mode="test", keep_points=True)(_grid_room())
+    assert "instance" not in plain and "point_instance" not in plain
+
+
+def test_grid_sample_names_labels_of_the_wrong_length():
+    data = {**_room(), "instance": np.zeros(7, np.int64)}
+    with pytest.raises(ValueError, match=r"instance must be \[P=400\].*Area_1/office_1"):
+        GridSample(0.5, mode="test")(data)

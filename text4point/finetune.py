@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from lang3d.atomic import atomic_write
 from lang3d.metrics import SegmentationMetrics
+from lang3d.outputs import run_output_dir
 from lang3d.ply import write_point_ply
 from lang3d.sync_batchnorm import sync_batchnorm_under_ddp
 from lang3d.tensorboard import confusion_image, label_colors, log_image, log_point_cloud
@@ -112,9 +113,7 @@ class Text4PointSegmentation(L.LightningModule):
         self._write_predictions(batch, pred.cpu().numpy())
 
     def on_test_epoch_start(self) -> None:
-        """``trainer.log_dir`` is a collective under DDP (broadcast from rank 0): read it once on every rank, not
-        per batch (the ranks may hold different numbers of test batches)."""
-        self._predictions_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "predictions"
+        self._predictions_dir = run_output_dir(self.trainer, "predictions")
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test", self.test_metrics)

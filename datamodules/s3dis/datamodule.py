@@ -1,4 +1,5 @@
-"""LightningDataModule of S3DIS rooms for semantic segmentation (Text4Point fine-tuning, Area 5 held out).
+"""LightningDataModule of S3DIS rooms for semantic and instance segmentation (Text4Point fine-tuning, Area 5
+held out).
 
 Rooms are read once from the raw release into a cache of ``.npz`` files (``prepare_data``), then every sample
 is one whole room: training rooms are augmented (rotation about z, scale, x/y flips, colour jitter) and
@@ -24,6 +25,8 @@ from lang3d.data.transforms import (CenterShift, ChromaticJitter, Compose, GridS
 ALL_AREAS = (1, 2, 3, 4, 5, 6)
 TRAIN_KEYS = ("coord", "color", "segment", "name")
 EVAL_KEYS = TRAIN_KEYS + ("inverse", "point_segment", "point_coord", "point_color")
+INSTANCE_KEYS = ("instance",)                     # added to training samples by ``with_instance``
+EVAL_INSTANCE_KEYS = ("instance", "point_instance")  # added to held-out samples
 
 
 def split_areas(areas, test_area: int = 5, cross_validation_fold: int | None = None) -> tuple[list[int], list[int]]:
@@ -68,7 +71,7 @@ class S3DISRooms(EpochSeededDataset):
 
 
 class S3DISDataModule(L.LightningDataModule):
-    """S3DIS (``Stanford3dDataset_v1.2_Aligned_Version``) semantic segmentation, 13 classes.
+    """S3DIS (``Stanford3dDataset_v1.2_Aligned_Version``) semantic (and instance) segmentation, 13 classes.
 
     Args:
         root: the ``Stanford3dDataset_v1.2_Aligned_Version`` folder or the folder holding it.
@@ -85,12 +88,19 @@ class S3DISDataModule(L.LightningDataModule):
         seed: seeds the shuffling and the augmentations (per sample: seed, epoch, index).
         max_train_rooms / max_val_rooms: keep only the first rooms (quick runs).
         train_loop: repeats of the training rooms per epoch.
+        with_instance: samples and batches also carry the instance ids (see below).
 
     Samples (dicts): ``coord`` [V,3] int32 voxel indices of the centred room (x-y centre at 0, floor at z 0),
     ``color`` [V,3] float32 0..1, ``segment`` [V] int64, ``name``; held-out samples also ``inverse`` [P,1]
     int64, ``point_segment`` [P] int64, ``point_coord`` [P,3] float32 metres (centred), ``point_color`` [P,3]
     uint8. Batches come from ``collate_point_samples``: the ``point_*`` keys are concatenated over rooms and
     row j of ``inverse`` [ΣP,2] is (room in batch, voxel row in the batch) of point j.
+
+    ``with_instance``: training samples also hold ``instance`` [V] int64 (the id of the point drawn for the
+    voxel), held-out samples ``instance`` [V] (majority id per voxel) and ``point_instance`` [P] int64. Ids are
+    the room's own (index of the annotation file, ``datamodules.s3dis.raw``), so they repeat across the rooms of
+    a batch: an instance is the pair (room in batch = ``coord[:, 0]`` for voxels, ``inverse[:, 0]`` for points,
+    id).
     """
 
     class_names = S3DIS_CLASSES
@@ -101,7 +111,7 @@ class S3DISDataModule(L.LightningDataModule):
                  val_batch_size: int = 1, num_workers: int = 4, cache_dir: str | None = None, augment: bool = True,
                  flip: float = 0.5, rotate: float = math.pi, scale: tuple[float, float] = (0.9, 1.1),
                  jitter_std: float = 0.05, seed: int = 0, max_train_rooms: int | None = None,
-                 max_val_rooms: int | None = None, train_loop: int = 1):
+                 max_val_rooms: int | None = None, train_loop: int = 1, with_instance: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.train_areas, self.test_areas = split_areas(areas, test_area, cross_validation_fold)
@@ -126,10 +136,11 @@ class S3DISDataModule(L.LightningDataModule):
         hp = self.hparams
         if stage == "fit" and self.train_set is None:
             self.train_set = S3DISRooms(self.cache_root, self._names(self.train_areas, hp.max_train_rooms),
-                                        self.train_transform(), TRAIN_KEYS, hp.seed, hp.train_loop)
+                                        self.train_transform(), TRAIN_KEYS + self._extra(INSTANCE_KEYS), hp.seed,
+                                        hp.train_loop)
         if stage in ("fit", "validate", "test") and self.val_set is None:
             self.val_set = S3DISRooms(self.cache_root, self._names(self.test_areas, hp.max_val_rooms),
-                                      self.eval_transform(), EVAL_KEYS, hp.seed)
+                                      self.eval_transform(), EVAL_KEYS + self._extra(EVAL_INSTANCE_KEYS), hp.seed)
 
     def train_transform(self) -> Compose:
         """CenterShift, [rotate z, scale, flip x/y, colour jitter], GridSample(train)."""
@@ -146,7 +157,8 @@ class S3DISDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        collate = partial(collate_point_samples, point_keys=("color", "segment"), stack_keys=(), index_keys=())
+        collate = partial(collate_point_samples, point_keys=("color", "segment") + self._extra(INSTANCE_KEYS),
+                          stack_keys=(), index_keys=())
         return sharded_loader(self.train_set, self.trainer, hp.batch_size, True, hp.seed, hp.num_workers, collate)
 
     def val_dataloader(self) -> DataLoader:
@@ -157,9 +169,14 @@ class S3DISDataModule(L.LightningDataModule):
 
     def _eval_loader(self) -> DataLoader:
         hp = self.hparams
-        collate = partial(collate_point_samples, point_keys=("color", "segment", "point_segment", "point_coord",
-                                                             "point_color"), stack_keys=(), index_keys=("inverse",))
+        point_keys = ("color", "segment", "point_segment", "point_coord", "point_color")
+        collate = partial(collate_point_samples, point_keys=point_keys + self._extra(EVAL_INSTANCE_KEYS),
+                          stack_keys=(), index_keys=("inverse",))
         return sharded_loader(self.val_set, self.trainer, hp.val_batch_size, False, hp.seed, hp.num_workers, collate)
+
+    def _extra(self, keys: tuple[str, ...]) -> tuple[str, ...]:
+        """``keys`` with ``with_instance``, else nothing."""
+        return keys if self.hparams.with_instance else ()
 
     def _names(self, areas: list[int], cap: int | None) -> list[str]:
         names = [name for area in areas for name in list_rooms(self.raw_root, area)][:cap]

@@ -14,7 +14,7 @@ import torch
 
 def collate_point_samples(samples: Sequence[dict], point_keys: Sequence[str] = ("color",),
                           stack_keys: Sequence[str] = ("image", "depth"),
-                          index_keys: Sequence[str] = ("pairs",)) -> dict:
+                          index_keys: Sequence[str] = ("pairs",), list_keys: Sequence[str] = ()) -> dict:
     """Collate samples; samples carrying a ``skipped`` reason are dropped and counted.
 
     Returns a dict with
@@ -23,6 +23,7 @@ def collate_point_samples(samples: Sequence[dict], point_keys: Sequence[str] = (
       <point_keys>  concatenated [ΣV, ...] (floating point as float32, integers kept)
       <stack_keys>  stacked [B, ...]
       <index_keys>  [ΣM, 1 + k] int64 (batch index, point index + offset of its sample, remaining columns)
+      <list_keys>   list of B tensors, one per kept sample (floating point as float32), e.g. per-scene boxes
       skipped Counter of reasons of dropped samples;  names  list of kept sample names
     """
     kept = [s for s in samples if "skipped" not in s]
@@ -48,6 +49,8 @@ def collate_point_samples(samples: Sequence[dict], point_keys: Sequence[str] = (
             idx[:, 1] += start
             parts.append(idx)
         batch[key] = _cat(parts)
+    for key in list_keys:
+        batch[key] = [_tensor(s[key]) for s in kept]
     return batch
 
 

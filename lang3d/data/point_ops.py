@@ -1,5 +1,6 @@
-"""Point-cloud operations in plain PyTorch (no custom CUDA build): farthest-point sampling, kNN, gathering and
-unit-sphere normalisation. A NumPy FPS with the same result serves CPU data loaders, where it is much faster.
+"""Point-cloud operations in plain PyTorch (no custom CUDA build): farthest-point sampling, kNN, ball query,
+gathering and unit-sphere normalisation. A NumPy FPS with the same result serves CPU data loaders, where it is
+much faster.
 
 FPS starts at ``start`` (index 0 by default, like ``pointnet2_ops``), then repeatedly takes the point farthest
 (squared Euclidean distance, float32 sums dx² + dy² + dz²) from those chosen; ties go to the lowest index.
@@ -77,6 +78,33 @@ def knn(query: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
         raise ValueError(f"knn: cannot take {k} neighbours among {points.shape[1]} points")
     dist = torch.cdist(query.detach().float(), points.detach().float(), compute_mode="donot_use_mm_for_euclid_dist")
     return dist.topk(k, dim=-1, largest=False, sorted=True).indices
+
+
+def ball_query(query: torch.Tensor, points: torch.Tensor, radius: float, num_samples: int) -> torch.Tensor:
+    """PointNet++ ball query: for each ``query`` point [B,M,3], the indices of the first ``num_samples`` points of
+    ``points`` [B,N,3] (in index order, not by distance) lying strictly within ``radius`` metres
+    (``|p - q| < radius``) -> [B,M,S] int64 on query's device (S = ``num_samples``).
+
+    As ``pointnet2_ops``: when fewer than S points are within reach, the remaining slots repeat the first one
+    found; a query with no point within reach gets index 0 in every slot (pointnet2's zero-initialised output),
+    which callers that query a cloud's own points never meet. Holds the [B,M,N] distance matrix in memory.
+    """
+    if query.dim() != 3 or points.dim() != 3 or query.shape[0] != points.shape[0] or query.shape[-1] != 3 \
+            or points.shape[-1] != 3 or points.shape[1] == 0:
+        raise ValueError(f"ball_query expects query [B,M,3] and points [B,N>0,3], got {tuple(query.shape)} and "
+                         f"{tuple(points.shape)}")
+    if num_samples < 1 or not radius > 0:
+        raise ValueError(f"ball_query needs num_samples >= 1 and radius > 0, got {num_samples} and {radius}")
+    n = points.shape[1]
+    dist = torch.cdist(query.detach().float(), points.detach().float(), compute_mode="donot_use_mm_for_euclid_dist")
+    order = torch.arange(n, device=query.device).expand_as(dist)
+    key = torch.where(dist < radius, order, torch.full_like(order, n))   # n: out of reach
+    first = key.topk(min(num_samples, n), dim=-1, largest=False, sorted=True).values
+    if first.shape[-1] < num_samples:
+        first = torch.cat([first, first.new_full((*first.shape[:2], num_samples - n), n)], dim=-1)
+    found = first < n
+    fill = torch.where(found[..., :1], first[..., :1], torch.zeros_like(first[..., :1]))
+    return torch.where(found, first, fill.expand_as(first))
 
 
 def index_points(points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -107,8 +107,10 @@ class GridSample:
     point). ``mode="train"``: one point drawn uniformly per voxel (Pointcept), giving the voxel its colour and
     label. ``mode="test"``: colour = mean over the voxel's points, label = the most frequent label among them
     (ties to the smallest label). ``keep_points``: also keep the input points as ``point_coord`` [P,3] float32,
-    ``point_segment`` [P] int64 and ``point_color`` [P,3] (input dtype). Other keys pass through; ``instance``
-    is dropped (it has no voxel-level meaning here).
+    ``point_segment`` [P] int64 and ``point_color`` [P,3] (input dtype). An ``instance`` [P] int array (ids,
+    -1 = none), when present, is carried like ``segment``: ``instance`` [V] int64 is the drawn point's id (train)
+    or the most frequent id in the voxel (test, ties to the smallest), and ``keep_points`` adds
+    ``point_instance`` [P] int64. Other keys pass through.
     """
 
     def __init__(self, voxel_size: float, mode: str = "train", keep_points: bool = False):
@@ -123,8 +125,15 @@ class GridSample:
         color = np.asarray(data["color"])
         segment = np.asarray(data["segment"]).astype(np.int64)
         grid = np.floor(coord.astype(np.float64) / self.voxel_size).astype(np.int64)
-        voxels, inverse, counts = _unique_rows(grid)
-        out = {k: v for k, v in data.items() if k not in ("coord", "color", "segment", "instance")}
+        voxels, inverse, counts = unique_rows(grid)
+        labels = {"segment": segment}
+        if "instance" in data:
+            labels["instance"] = np.asarray(data["instance"]).astype(np.int64)
+        for key, value in labels.items():
+            if value.shape != (len(coord),):
+                raise ValueError(f"GridSample: {key} must be [P={len(coord)}] like coord, got {value.shape}"
+                                 f"{' in ' + data['name'] if 'name' in data else ''}")
+        out = {k: v for k, v in data.items() if k not in ("coord", "color", *labels)}
         if self.mode == "train":
             if rng is None:
                 raise ValueError("GridSample(mode='train') draws one point per voxel: pass an rng")
@@ -132,21 +141,21 @@ class GridSample:
             starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
             chosen = order[starts + (rng.random(len(counts)) * counts).astype(np.int64)]
             out["color"] = color[chosen].astype(np.float32) / 255.0
-            out["segment"] = segment[chosen]
+            out.update({key: value[chosen] for key, value in labels.items()})
         else:
             sums = np.stack([np.bincount(inverse, weights=color[:, c], minlength=len(voxels)) for c in range(3)], 1)
             out["color"] = (sums / counts[:, None] / 255.0).astype(np.float32)
-            out["segment"] = _voxel_mode(inverse, segment, len(voxels))
+            out.update({key: _voxel_mode(inverse, value, len(voxels)) for key, value in labels.items()})
         out["coord"] = voxels.astype(np.int32)
         out["inverse"] = inverse[:, None]
         if self.keep_points:
             out["point_coord"] = coord.astype(np.float32)
-            out["point_segment"] = segment
             out["point_color"] = color
+            out.update({f"point_{key}": value for key, value in labels.items()})
         return out
 
 
-def _unique_rows(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def unique_rows(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unique rows of int64 [P,3] in lexicographic order via one raveled key (much faster than unique(axis=0)).
 
     Returns (rows [V,3] int64, inverse [P] int64, counts [V] int64).

@@ -1,0 +1,178 @@
+"""Text4Point detection fine-tuning end to end on tiny synthetic scenes: VoteNet on the SR-UNet34 learns
+ScanNet-style axis-aligned boxes (validation = the two training scenes: an overfitting check), SUN RGB-D-style
+oriented boxes run through the CLI with 12 heading bins, predictions written by `test`, TensorBoard."""
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from datamodules import ScanNetDetectionDataModule, SUNRGBDDataModule
+from datamodules.detection_common import collate_detection
+from datamodules.synthetic.scannet_detection import generate_scannet_detection
+from datamodules.synthetic.sunrgbd import generate_sunrgbd
+from lang3d.cli import main as cli_main
+from lang3d.tensorboard import bev_boxes_image
+from text4point import Text4PointDetection, Text4PointPretraining
+from text4point.detection import PREDICTION_DTYPE
+
+TINY = dict(clip_model="lang3d-tiny-RN", clip_pretrained=None)
+POINTS, VOXEL = 1500, 0.2   # ~850 voxels per scene: a few hundred milliseconds per step on one CPU core
+
+
+@pytest.fixture(scope="module")
+def scannet_root(tmp_path_factory):
+    """Two synthetic scans (3 objects each), both used for training and validation."""
+    root = tmp_path_factory.mktemp("scannet_det")
+    splits = generate_scannet_detection(root, num_scenes=2, points_per_scene=POINTS, seed=0, val_fraction=0.5)
+    scans = "".join(f"{name}\n" for name in splits["train"] + splits["val"])
+    for split in ("train", "val"):
+        (root / "meta_data" / f"scannetv2_{split}.txt").write_text(scans)
+    return root
+
+
+def scannet_datamodule(root):
+    return ScanNetDetectionDataModule(str(root), num_points=POINTS, voxel_size=VOXEL, batch_size=2, val_batch_size=2,
+                                      num_workers=0, augment=False)
+
+
+def test_votenet_learns_axis_aligned_boxes_and_test_writes_predictions(scannet_root, tmp_path):
+    L.seed_everything(0)
+    dm = scannet_datamodule(scannet_root)
+    model = Text4PointDetection(dm.class_names, **TINY, num_seed=256, num_proposal=128, lr=0.003, warmup=20,
+                                warmup_unit="steps", bn_momentum=0.3, aux_loss_weight=0.5)
+    steps = 200
+    logger = L.pytorch.loggers.TensorBoardLogger(tmp_path, name="tb")
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, check_val_every_n_epoch=steps, logger=logger,
+                        log_every_n_steps=10, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(model, dm)
+    torch.testing.assert_close(model.mean_size, torch.as_tensor(dm.mean_size))   # adopted from the datamodule
+    ap25, ap50 = float(trainer.callback_metrics["val/map@0.25"]), float(trainer.callback_metrics["val/map@0.5"])
+    print(f"after {steps} steps: mAP@0.25 {ap25:.3f}, mAP@0.5 {ap50:.3f}")
+    assert ap25 > 0.3, f"mAP@0.25 {ap25:.3f} after {steps} steps on its own two training scenes"
+
+    trainer.test(model, dm)
+    files = sorted(Path(trainer.log_dir, "predictions").glob("*.npy"))
+    assert [f.stem for f in files] == sorted(dm.val_set.names)
+    rows = np.load(files[0])
+    assert rows.dtype == PREDICTION_DTYPE and len(rows) > 0
+    assert ((rows["score"] >= 0) & (rows["score"] <= 1)).all() and (rows["box"][:, 3:6] >= 0).all()
+    assert set(np.unique(rows["label"])) <= set(range(len(dm.class_names))) and (rows["box"][:, 6] == 0).all()
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(trainer.log_dir)
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"val/map@0.25", "val/map@0.5", "test/map@0.25", "train/loss_aux", "train/vote"} <= scalars
+    assert any(tag.startswith("val_ap@0.5/") for tag in scalars)
+    assert "val_scene/bev_gt_green_pred_red" in events.Tags()["images"]
+
+
+def test_oriented_boxes_run_through_the_cli_with_twelve_heading_bins(tmp_path):
+    root = tmp_path / "sunrgbd"
+    generate_sunrgbd(root, num_train=2, num_val=1, points_per_scene=POINTS, seed=0, empty_scenes=1)
+    cli_main(["fit", "-c", "configs/text4point/detection_sunrgbd.yaml",
+              "-c", "configs/text4point/demo_synthetic_sunrgbd_det.yaml", "--data.root", str(root),
+              "--data.num_points", str(POINTS), "--data.voxel_size", str(VOXEL), "--trainer.max_steps", "4",
+              "--trainer.check_val_every_n_epoch", "2", "--trainer.log_every_n_steps", "1",
+              "--trainer.enable_progress_bar", "false",
+              "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.logger.init_args.save_dir",
+              str(tmp_path / "run"), "--data.num_workers", "0"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = next((tmp_path / "run").rglob("events.out.tfevents.*")).parent
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert {"val/map@0.25", "val/map@0.5", "train/heading_cls", "train/loss"} <= set(events.Tags()["scalars"])
+    assert np.isfinite([e.value for e in events.Scalars("train/loss")]).all()
+
+    checkpoint = next((tmp_path / "run").rglob("last.ckpt"))
+    model = Text4PointDetection.load_from_checkpoint(checkpoint).eval()
+    assert model.hparams.num_heading_bin == 12 and model.hparams.oriented
+    dm = SUNRGBDDataModule(str(root), num_points=POINTS, voxel_size=VOXEL, num_workers=0)
+    dm.setup("validate")
+    batch = collate_detection([dm.val_set[0]])
+    with torch.no_grad():
+        det, _ = model(batch)
+        _, kept = model.predict_boxes(det)
+    assert det.heading_scores.shape[-1] == 12 and det.heading_residuals.shape[-1] == 12
+    assert len(kept[0]["boxes"]) and (kept[0]["boxes"][:, 6] != 0).any()   # oriented: decoded headings are kept
+
+
+def test_scannet_configs_build_and_train_one_step(scannet_root, tmp_path):
+    cli_main(["fit", "-c", "configs/text4point/detection_scannet.yaml",
+              "-c", "configs/text4point/demo_synthetic_scannet_det.yaml", "--data.root", str(scannet_root),
+              "--data.num_points", str(POINTS), "--data.voxel_size", str(VOXEL), "--trainer.max_steps", "1",
+              "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+              "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false", "--trainer.callbacks", "[]",
+              "--data.num_workers", "0"])
+
+
+def test_mismatched_classes_box_kind_or_mean_sizes_are_named(scannet_root):
+    dm = scannet_datamodule(scannet_root)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False)
+    wrong = Text4PointDetection(["chair", "table"], **TINY)
+    with pytest.raises(ValueError, match="class_names"):
+        trainer.fit(wrong, dm)
+    oriented = Text4PointDetection(dm.class_names, **TINY, oriented=True, num_heading_bin=12)
+    with pytest.raises(ValueError, match="oriented"):
+        trainer.fit(oriented, dm)
+    sizes = Text4PointDetection(dm.class_names, **TINY, mean_size=[[1.0, 1.0, 1.0]] * len(dm.class_names))
+    with pytest.raises(ValueError, match="mean_size"):
+        trainer.fit(sizes, dm)
+    with pytest.raises(RuntimeError, match="mean box sizes are unknown"):
+        Text4PointDetection(dm.class_names, **TINY).coder()
+
+
+def test_birds_eye_view_draws_boxes_where_they_are():
+    def extent(image, colour):
+        rows, cols = np.nonzero((image == colour).all(-1))
+        return cols.max() - cols.min(), rows.max() - rows.min(), cols.mean(), rows.mean()
+
+    along_x = np.array([[0.0, 0.0, 0.5, 4.0, 1.0, 1.0, 0.0]])
+    along_y = np.array([[6.0, 0.0, 0.5, 4.0, 1.0, 1.0, np.pi / 2]])   # turned a quarter: long along y
+    image = bev_boxes_image(np.zeros((0, 3)), [(along_x, (0, 150, 0)), (along_y, (220, 30, 30))], size=256)
+    assert image.shape == (256, 256, 3) and image.dtype == np.uint8
+    wx, hx, cx, _ = extent(image, (0, 150, 0))
+    wy, hy, cy, _ = extent(image, (220, 30, 30))
+    assert wx > 3 * hx and hy > 3 * wy         # 4 m × 1 m footprints, the second one turned
+    assert cy > cx                             # x grows to the right
+
+
+def test_pretrained_3d_network_loads_by_name_and_the_head_is_new(tmp_path):
+    L.seed_everything(1)
+    pretrained = Text4PointPretraining(**TINY, feature_dim=16, decoder_width=16)
+    path = tmp_path / "pretrain.ckpt"
+    torch.save({"state_dict": pretrained.state_dict()}, path)
+    model = Text4PointDetection(["chair", "table"], **TINY, pretrained=str(path), mean_size=[[0.5, 0.5, 0.9]] * 2)
+    source = pretrained.net.state_dict()
+    for name, tensor in model.guided.net.state_dict().items():
+        if name.startswith("backbone.head."):   # 256 seed-feature channels, not the pre-training's 16
+            assert tensor.shape != source[name].shape
+        else:
+            torch.testing.assert_close(tensor, source[name], rtol=0, atol=0)
+
+
+def test_learning_rate_warms_up_over_epochs_then_follows_a_cosine(scannet_root):
+    class RecordLR(L.Callback):
+        def __init__(self):
+            self.lrs = []
+
+        def on_train_batch_start(self, trainer, *args):
+            self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    dm = ScanNetDetectionDataModule(str(scannet_root), num_points=400, voxel_size=VOXEL, batch_size=1,
+                                    num_workers=0, augment=False)   # 2 scenes: 2 steps per epoch
+    model = Text4PointDetection(dm.class_names, **TINY, num_seed=64, num_proposal=16, lr=0.01, warmup=1,
+                                warmup_unit="epochs")
+    record = RecordLR()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=3, limit_val_batches=0, logger=False,
+                        callbacks=[record], enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False)
+    trainer.fit(model, dm)
+    expected = [0.5, 1.0] + [0.5 * (1 + np.cos(np.pi * k / 4)) for k in range(4)]   # 2 warm-up steps of 6
+    np.testing.assert_allclose(record.lrs, 0.01 * np.array(expected), rtol=1e-6)
