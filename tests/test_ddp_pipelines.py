@@ -18,14 +18,16 @@ from pathlib import Path
 
 import lightning as L
 import MinkowskiEngine as ME
-import numpy as np
 import pytest
+import torch
 from torch.nn.modules.batchnorm import _NormBase
 
 from datamodules.synthetic.cap3d import generate_cap3d
 from datamodules.synthetic.modelnet40 import generate_modelnet40
 from datamodules.synthetic.s3dis import generate_s3dis
+from datamodules.synthetic.scannet_detection import generate_scannet_detection
 from lang3d.cli import main as cli_main
+from text4point import Text4PointInstanceSegmentation
 
 pytestmark = pytest.mark.ddp
 
@@ -142,6 +144,14 @@ def objects(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def scannet_det(tmp_path_factory):
+    """7 detection scans of 1500 points: 4 for training (2 steps at batch size 1 per rank), 3 for evaluation."""
+    root = tmp_path_factory.mktemp("scannet_det")
+    generate_scannet_detection(root, num_scenes=7, points_per_scene=1500, seed=0, val_fraction=3 / 7)
+    return root
+
+
 # ---------------------------------------------------------------- pipelines
 def fit_ddp(config: list[str], run: Path, *extra: str) -> None:
     """Two training steps under DDP, validation at the end (batch size 1), checkpoint ``<run>/ckpt/last.ckpt``."""
@@ -154,6 +164,27 @@ def evaluate_alone(command: str, config: list[str], run: Path, ckpt: Path) -> No
     """``validate`` / ``test`` of the checkpoint in this process, one CPU process, no logger."""
     cli_main([command, *config, *ONE, *QUIET, "--trainer.logger", "false", "--trainer.default_root_dir", str(run),
               *callbacks(run, checkpoint=False), "--ckpt_path", str(ckpt)])
+
+
+def run_test_twice(config: list[str], ddp: Path, single: Path) -> Path:
+    """``test`` of ``<ddp>/ckpt/last.ckpt`` under DDP (reports beside the fit's, files under ``<ddp>/test``, which
+    is returned) and in this process (reports and files under ``single``)."""
+    ckpt, tested = ddp / "ckpt" / "last.ckpt", ddp / "test"
+    run_ddp(["test", *config, "--trainer.default_root_dir", str(tested), "--trainer.logger.init_args.save_dir",
+             str(tested), *callbacks(ddp, checkpoint=False), "--ckpt_path", str(ckpt)])
+    evaluate_alone("test", config, single, ckpt)
+    return tested
+
+
+def check_same_files(single: Path, tested: Path, pattern: str) -> int:
+    """The files matching ``pattern`` (relative to a log directory) that the one-process run wrote: the DDP run
+    wrote each of them once (each rank its own scenes) and no other, byte for byte the same. Returns their count."""
+    alone = sorted(single.rglob(pattern))
+    assert len(list(tested.rglob(pattern))) == len(alone)
+    for path in alone:
+        (twin,) = tested.rglob(str(path.relative_to(single)))
+        assert twin.read_bytes() == path.read_bytes(), f"{twin} differs from the one-process run's"
+    return len(alone)
 
 
 def test_text4point_pretraining(tiny_scannet, tmp_path):
@@ -181,19 +212,45 @@ def test_s3dis_finetuning(tiny_s3dis, tmp_path):
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     fit_ddp(config, ddp, "--trainer.check_val_every_n_epoch", "1")
     check_training(ddp, {"SparseSyncBatchNorm", "SyncBatchNorm"})
-    ckpt = ddp / "ckpt" / "last.ckpt"
-    tested = ddp / "test"
-    run_ddp(["test", *config, "--trainer.default_root_dir", str(tested), "--trainer.logger.init_args.save_dir",
-             str(tested), *callbacks(ddp, checkpoint=False), "--ckpt_path", str(ckpt)])
-    evaluate_alone("test", config, single, ckpt)
+    tested = run_test_twice(config, ddp, single)
     metrics = check_metrics(ddp, single, "test", "test")
     assert {"test/miou", "test/macc", "test/oa"} <= metrics.keys()
-    # every test room's predictions written once (rank 0 has 2 rooms, rank 1 one), equal to one process's
-    alone = sorted(single.rglob("*.labels.npy"))
-    assert len(alone) == 3 and len(list(tested.rglob("*.labels.npy"))) == 3
-    for path in alone:
-        (twin,) = tested.rglob(f"{path.parent.name}/{path.name}")
-        np.testing.assert_array_equal(np.load(twin), np.load(path))
+    assert check_same_files(single, tested, "predictions/*/*.labels.npy") == 3   # rank 0: 2 rooms, rank 1: one
+
+
+def test_text4point_detection(scannet_det, tmp_path):
+    config = ["-c", "configs/text4point/detection_scannet.yaml",
+              "-c", "configs/text4point/demo_synthetic_scannet_det.yaml", "--data.root", str(scannet_det),
+              "--data.num_points", "1500", "--data.voxel_size", "0.2", "--data.num_workers", "0",
+              "--data.batch_size", "1", "--data.val_batch_size", "1", "--model.num_seed", "64",
+              "--model.num_proposal", "16"]
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    fit_ddp(config, ddp)
+    check_training(ddp, {"SparseSyncBatchNorm", "SyncBatchNorm"})   # SR-UNet, TQM; VoteNet head
+    tested = run_test_twice(config, ddp, single)
+    metrics = check_metrics(ddp, single, "test", "test")
+    assert {"test/map@0.25", "test/map@0.5", "test/mean_recall@0.25"} <= metrics.keys()
+    assert check_same_files(single, tested, "predictions/*.npy") == 3   # rank 0: 2 scans, rank 1: one
+
+
+def test_s3dis_instance_segmentation(tiny_s3dis, tmp_path):
+    config = ["-c", "configs/text4point/instance_s3dis.yaml", "-c", "configs/text4point/demo_synthetic_s3dis_ins.yaml",
+              "--data.root", str(tiny_s3dis), "--data.num_workers", "0", "--data.batch_size", "1",
+              "--data.val_batch_size", "1"]
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    fit_ddp(config, ddp)
+    check_training(ddp, {"SparseSyncBatchNorm", "SyncBatchNorm"})   # SR-UNet, TQM; offset head
+    # every parameter is in every step's graph (DDP), but ScoreNet (score_start_step 15) took no SGD step
+    ckpt = torch.load(ddp / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    model = Text4PointInstanceSegmentation.load_from_checkpoint(ddp / "ckpt" / "last.ckpt")
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    stepped = {trainable[i] for i in ckpt["optimizer_states"][0]["state"]}
+    assert stepped == {name for name in trainable if not name.startswith("score_net.")}
+    tested = run_test_twice(config, ddp, single)
+    metrics = check_metrics(ddp, single, "test", "test")
+    assert {"test/map", "test/map@0.5", "test/mrec@0.5"} <= metrics.keys()
+    assert check_same_files(single, tested, "instances/Area_5/*.txt") == 3   # rank 0: 2 rooms, rank 1: one
+    assert check_same_files(single, tested, "predicted_masks/*.txt") > 0
 
 
 def _cap3d(prefix: str, objects: Path) -> list[str]:

@@ -167,6 +167,8 @@ class Text4PointInstanceSegmentation(L.LightningModule):
             if logits:
                 losses["loss_score"] = F.binary_cross_entropy_with_logits(torch.cat(logits), torch.cat(targets))
                 losses["loss"] = losses["loss"] + hp.score_loss_weight * losses["loss_score"]
+        if "loss_score" not in losses:  # DDP (find_unused_parameters=False) needs every parameter in every graph
+            losses["loss"] = losses["loss"] + 0.0 * sum(p.sum() for p in self.score_net.parameters())
         if hp.aux_loss_weight > 0:
             losses["loss_aux"] = self.guided.auxiliary_loss(out.guided, batch["coord"], target, hp.aux_radius_voxels,
                                                             hp.aux_temperature, hp.ignore_index)
@@ -213,6 +215,13 @@ class Text4PointInstanceSegmentation(L.LightningModule):
         out = self._losses(batch)
         self.guided.log_training(self, out, len(batch["names"]))
         return out["loss"]
+
+    def on_after_backward(self) -> None:
+        """Before ``score_start_step`` ScoreNet is not trained: its (zero, see ``_losses``) gradients are dropped,
+        so SGD applies neither weight decay nor momentum to it."""
+        if self.global_step < self.hparams.score_start_step:
+            for p in self.score_net.parameters():
+                p.grad = None
 
     def _evaluate(self, batch: dict, metrics: InstanceSegmentationMetrics) -> list[RoomInstances]:
         _require_instances(batch)
