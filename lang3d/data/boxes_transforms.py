@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lang3d.data.transforms import unique_rows
+from lang3d.data.transforms import points_by_voxel, unique_rows, voxel_mean, voxel_random_point
 
 POINT_KEYS = ("coord", "color", "segment", "vote", "vote_mask")
 """Per-point keys of a detection scene dict (indexed together by sampling and voxelisation)."""
@@ -152,17 +152,16 @@ class VoxelizeDetection:
         coord = np.asarray(data["coord"], dtype=np.float64)
         color = np.asarray(data["color"], dtype=np.float64)
         voxels, inverse, counts = unique_rows(np.floor(coord / self.voxel_size).astype(np.int64))
-        order = np.argsort(inverse, kind="stable")
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         if self.mode == "train":
             if rng is None:
                 raise ValueError("VoxelizeDetection(mode='train') draws one point per voxel: pass an rng")
-            rep = order[starts + (rng.random(len(counts)) * counts).astype(np.int64)]
+            rep = voxel_random_point(inverse, counts, rng)
             xyz, voxel_color = coord[rep], color[rep]
         else:
+            order, starts = points_by_voxel(inverse, counts)
             rep = order[starts]
-            xyz = _voxel_mean(coord, inverse, counts)
-            voxel_color = _voxel_mean(color, inverse, counts)
+            xyz = voxel_mean(coord, inverse, counts)
+            voxel_color = voxel_mean(color, inverse, counts)
         mask = np.asarray(data["vote_mask"]).astype(np.int64)[rep]
         ends = np.tile(coord[rep], 3) + np.asarray(data["vote"], dtype=np.float64)[rep]
         vote = np.where(mask[:, None] == 1, ends - np.tile(xyz, 3), 0.0)
@@ -174,9 +173,3 @@ class VoxelizeDetection:
                    gt_labels=np.asarray(data["gt_labels"], np.int64).reshape(-1))
         return out
 
-
-def _voxel_mean(values: np.ndarray, inverse: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Mean [V,C] of ``values`` [P,C] over the points of each voxel."""
-    sums = np.stack([np.bincount(inverse, weights=values[:, c], minlength=len(counts))
-                     for c in range(values.shape[1])], 1)
-    return sums / counts[:, None]

@@ -137,14 +137,11 @@ class GridSample:
         if self.mode == "train":
             if rng is None:
                 raise ValueError("GridSample(mode='train') draws one point per voxel: pass an rng")
-            order = np.argsort(inverse, kind="stable")
-            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            chosen = order[starts + (rng.random(len(counts)) * counts).astype(np.int64)]
+            chosen = voxel_random_point(inverse, counts, rng)
             out["color"] = color[chosen].astype(np.float32) / 255.0
             out.update({key: value[chosen] for key, value in labels.items()})
         else:
-            sums = np.stack([np.bincount(inverse, weights=color[:, c], minlength=len(voxels)) for c in range(3)], 1)
-            out["color"] = (sums / counts[:, None] / 255.0).astype(np.float32)
+            out["color"] = (voxel_mean(color, inverse, counts) / 255.0).astype(np.float32)
             out.update({key: _voxel_mode(inverse, value, len(voxels)) for key, value in labels.items()})
         out["coord"] = voxels.astype(np.int32)
         out["inverse"] = inverse[:, None]
@@ -167,6 +164,25 @@ def unique_rows(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     keys, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
     rows = np.stack([keys // (dims[1] * dims[2]), keys // dims[2] % dims[1], keys % dims[2]], 1) + low
     return rows, inverse.reshape(-1).astype(np.int64), counts.astype(np.int64)
+
+
+def points_by_voxel(inverse: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order [P], starts [V]): the points sorted by voxel (stable, so in input order within a voxel) and where
+    each voxel's points begin in that order. ``order[starts]`` is each voxel's first point."""
+    return np.argsort(inverse, kind="stable"), np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+
+
+def voxel_random_point(inverse: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """[V] int64: one point per voxel, drawn uniformly among its points (one ``rng.random(V)`` draw)."""
+    order, starts = points_by_voxel(inverse, counts)
+    return order[starts + (rng.random(len(counts)) * counts).astype(np.int64)]
+
+
+def voxel_mean(values: np.ndarray, inverse: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Mean [V,C] float64 of ``values`` [P,C] over the points of each voxel."""
+    sums = np.stack([np.bincount(inverse, weights=values[:, c], minlength=len(counts))
+                     for c in range(values.shape[1])], 1)
+    return sums / counts[:, None]
 
 
 def _voxel_mode(inverse: np.ndarray, label: np.ndarray, num_voxels: int) -> np.ndarray:
