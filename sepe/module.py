@@ -10,7 +10,6 @@ unit sphere -> radius 0.5, the scale of Cap3D's own ±0.5 clouds) and colours by
 """
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 import lightning as L
@@ -20,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lang3d.atomic import atomic_write
 from lang3d.checkpoint import FrozenWeightsNotSaved
+from lang3d.data.sampling import seed_from_names
 from lang3d.lora import POINT_E_LORA_TARGETS, apply_lora
 from lang3d.ply import write_point_ply
 from lang3d.point_e import (CLIPConditioner, GaussianDiffusion, PointCloudSampler, StageConfig, build_model,
@@ -215,7 +215,7 @@ class SEPEFineTuning(FrozenWeightsNotSaved, L.LightningModule):
     def batch_generator(self, batch: dict) -> torch.Generator:
         """Generator seeded by the batch's object uids: the same t and noise every epoch, different ones on every
         DDP rank, and the same scores for a checkpoint on any number of processes (at batch size 1)."""
-        return torch.Generator(self.device).manual_seed(zlib.crc32("|".join(batch["uid"]).encode()))
+        return torch.Generator(self.device).manual_seed(seed_from_names(batch["uid"]))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         terms = self.losses(batch, self.batch_generator(batch))

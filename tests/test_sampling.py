@@ -28,3 +28,13 @@ def test_evaluation_shards_partition_the_samples():
     assert sorted(sum(shards, [])) == data  # no sample twice, none missing
     train = [indices(sharded_loader(data, FakeTrainer(3, r), 2, True, 0, 0, None)) for r in range(3)]
     assert len(sum(train, [])) == 9 and set(sum(train, [])) == set(data)  # training pads to equal shards
+
+
+def test_seed_from_names_is_the_crc32_of_the_joined_names():
+    import zlib
+
+    from lang3d.data.sampling import seed_from_names
+
+    assert seed_from_names(["a", "bc"]) == zlib.crc32(b"a|bc")
+    assert seed_from_names(["a", "bc"]) != seed_from_names(["bc", "a"])
+    assert 0 <= seed_from_names(["scene0000_00/0"]) < 2**32

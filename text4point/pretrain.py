@@ -2,7 +2,6 @@
 pixel-voxel contrastive learning on RGB-D 2D-3D pairs, with the Text Querying Module in between."""
 from __future__ import annotations
 
-import zlib
 from collections import Counter
 
 import lightning as L
@@ -15,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from datamodules.scannet.meta import CLASS_LABELS
 from lang3d.checkpoint import FrozenWeightsNotSaved
 from lang3d.clip import CLIPDenseImageEncoder, CLIPTextEncoder, load_clip
+from lang3d.data.sampling import seed_from_names
 from lang3d.losses import masked_l1, pixel_voxel_contrastive_loss
 from lang3d.prompt_learner import build_class_embeddings
 from lang3d.sparse_index import coarsen, lookup_rows
@@ -109,7 +109,7 @@ class Text4PointPretraining(FrozenWeightsNotSaved, L.LightningModule):
         batch), so a checkpoint scores the same on any number of processes (batch size 1: the same batches)."""
         if self.training:
             return hash((self.hparams.seed, self.global_step, self.global_rank)) % 2**63
-        return zlib.crc32("|".join([str(self.hparams.seed), *batch["names"]]).encode())
+        return seed_from_names([str(self.hparams.seed), *batch["names"]])
 
     # ---------------------------------------------------------------- Lightning hooks
     def setup(self, stage: str) -> None:
