@@ -69,6 +69,12 @@ synthetic-s3dis: $(SYNTHETIC_S3DIS)/Stanford3dDataset_v1.2_Aligned_Version
 
 # $(call finetune_demo,<config>,<demo overlay>,<data root>) (configs/text4point/*.yaml): fine-tune from CKPT, else from
 # the pre-training demo's checkpoint when there is one, else from scratch.
+# $(call finetune,<config>,<data root>): fine-tune on real data from CKPT (or from scratch without it).
+define finetune
+	$(PY) -m lang3d fit -c configs/text4point/$(1).yaml --data.root $(2) --model.pretrained "$(if $(CKPT),$(CKPT),null)" \
+		$(ARGS)
+endef
+
 define finetune_demo
 	@ckpt="$(CKPT)"; if [ -z "$$ckpt" ] && [ -f $(DEMO_PRETRAIN_CKPT) ]; then ckpt=$(DEMO_PRETRAIN_CKPT); fi; \
 	if [ -n "$$ckpt" ]; then echo "initialising from $$ckpt"; else echo "no pre-training checkpoint: from scratch"; fi; \
@@ -83,8 +89,7 @@ finetune-s3dis: $(STAMP) $(SYNTHETIC_S3DIS)/Stanford3dDataset_v1.2_Aligned_Versi
 	$(call finetune_demo,finetune_s3dis,demo_synthetic_s3dis,$(SYNTHETIC_S3DIS))
 else
 finetune-s3dis: $(STAMP)
-	$(PY) -m lang3d fit -c configs/text4point/finetune_s3dis.yaml --data.root $(S3DIS) \
-		--model.pretrained "$(if $(CKPT),$(CKPT),null)" $(ARGS)
+	$(call finetune,finetune_s3dis,$(S3DIS))
 endif
 
 ifeq ($(strip $(S3DIS)),)
@@ -96,8 +101,7 @@ finetune-s3dis-ins: $(STAMP) $(SYNTHETIC_S3DIS)/Stanford3dDataset_v1.2_Aligned_V
 		--data.root $(SYNTHETIC_S3DIS) --ckpt_path runs/text4point_s3dis_ins_demo/checkpoints/last.ckpt
 else
 finetune-s3dis-ins: $(STAMP)
-	$(PY) -m lang3d fit -c configs/text4point/instance_s3dis.yaml --data.root $(S3DIS) \
-		--model.pretrained "$(if $(CKPT),$(CKPT),null)" $(ARGS)
+	$(call finetune,instance_s3dis,$(S3DIS))
 endif
 
 $(SYNTHETIC_SCANNET_DET)/meta_data/scannetv2_train.txt: | $(STAMP)
@@ -113,8 +117,7 @@ finetune-scannet-det: $(STAMP) $(SYNTHETIC_SCANNET_DET)/meta_data/scannetv2_trai
 	$(call finetune_demo,detection_scannet,demo_synthetic_scannet_det,$(SYNTHETIC_SCANNET_DET))
 else
 finetune-scannet-det: $(STAMP)
-	$(PY) -m lang3d fit -c configs/text4point/detection_scannet.yaml --data.root $(SCANNET_DET) \
-		--model.pretrained "$(if $(CKPT),$(CKPT),null)" $(ARGS)
+	$(call finetune,detection_scannet,$(SCANNET_DET))
 endif
 
 ifeq ($(strip $(SUNRGBD)),)
@@ -124,8 +127,7 @@ finetune-sunrgbd-det: $(STAMP) $(SYNTHETIC_SUNRGBD)/sunrgbd_trainval/train_data_
 	$(call finetune_demo,detection_sunrgbd,demo_synthetic_sunrgbd_det,$(SYNTHETIC_SUNRGBD))
 else
 finetune-sunrgbd-det: $(STAMP)
-	$(PY) -m lang3d fit -c configs/text4point/detection_sunrgbd.yaml --data.root $(SUNRGBD) \
-		--model.pretrained "$(if $(CKPT),$(CKPT),null)" $(ARGS)
+	$(call finetune,detection_sunrgbd,$(SUNRGBD))
 endif
 
 sepe: $(STAMP)
