@@ -1,32 +1,36 @@
 """Frozen CLIP (open_clip) wrapper: loading, dense image features (Text4Point Eq. 1), text embeddings.
 
-Importing this module registers the package's own open_clip model configs (``lang3d/clip_configs/*.json``,
-e.g. ``lang3d-tiny-RN`` for tests and demos) with open_clip; nothing is downloaded at import time.
+``load_clip`` registers the package's own open_clip model configs (``lang3d/clip_configs/*.json``, e.g.
+``lang3d-tiny-RN`` for tests and demos) with open_clip; nothing is downloaded at import time.
 """
 from __future__ import annotations
 
 import os
 import re
-import socket
 import zipfile
 from pathlib import Path
-from urllib.parse import urlparse
 
 import open_clip
 import torch
 import torch.nn.functional as F
 from filelock import FileLock
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import hf_hub_download
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
 
 CONFIG_DIR = Path(__file__).parent / "clip_configs"
-_OWN_MODELS = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
-if not set(_OWN_MODELS) <= set(open_clip.list_models()):
-    open_clip.add_model_config(CONFIG_DIR)
+PROJECT_MODELS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
 
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
-_DEFAULT_URL_CACHE = "~/.cache/clip"  # open_clip's cache for URL downloads
+
+
+def register_model_configs() -> None:
+    """Adds the project's open_clip model configs (``lang3d/clip_configs/*.json``, e.g. ``lang3d-tiny-RN``) to
+    open_clip's registry with its public ``add_model_config``; idempotent. ``load_clip`` calls it."""
+    if not set(PROJECT_MODELS) <= set(open_clip.list_models()):
+        open_clip.add_model_config(CONFIG_DIR)
 
 
 class CLIPLoadError(RuntimeError):
@@ -42,93 +46,73 @@ class CLIPWeightsFileError(CLIPLoadError):
 
 
 def _offline() -> bool:
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "LANG3D_OFFLINE"))
+    """Hugging Face's offline switches (``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``) or ``LANG3D_OFFLINE``, read
+    when called (huggingface_hub reads its own once, at import)."""
+    return hf_constants.is_offline_mode() or any(
+        os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "LANG3D_OFFLINE"))
 
 
-def _hf_cache_dir(cache_dir: str | None) -> str:
-    if cache_dir:
-        return cache_dir
-    from huggingface_hub import constants
-    return constants.HF_HUB_CACHE
+def _hub_cache(cache_dir: str | None) -> str:
+    """The Hugging Face cache open_clip downloads hub weights into: ``cache_dir`` or huggingface_hub's default."""
+    return cache_dir or hf_constants.HF_HUB_CACHE
 
 
-def _uses_hf_hub(cfg: dict) -> bool:
-    return bool(cfg.get("hf_hub")) and open_clip.pretrained.has_hf_hub()
-
-
-def _cached_tag_file(cfg: dict, cache_dir: str | None) -> str | None:
-    """Path of already-downloaded weights for an open_clip pretrained cfg (no network), else None."""
-    if _uses_hf_hub(cfg):
-        from huggingface_hub import try_to_load_from_cache
-        repo_id, filename = os.path.split(cfg["hf_hub"])
-        filename = filename or HF_WEIGHTS_NAME
-        names = ([HF_SAFE_WEIGHTS_NAME] if filename == HF_WEIGHTS_NAME else []) + [filename]
-        for name in names:
-            found = try_to_load_from_cache(repo_id, name, cache_dir=_hf_cache_dir(cache_dir))
-            if isinstance(found, str) and os.path.isfile(found):
-                return found
-    url = cfg.get("url", "")
-    if url:
-        target = Path(cache_dir or _DEFAULT_URL_CACHE).expanduser() / os.path.basename(url)
-        if target.is_file():
-            return str(target)
+def _hub_file_in_cache(cfg: dict, cache_dir: str | None) -> str | None:
+    """Already-downloaded hub weights of an open_clip pretrained cfg (no network: ``local_files_only``), trying the
+    safetensors file first as open_clip does; None when not cached."""
+    repo_id, filename = os.path.split(cfg["hf_hub"])
+    filename = filename or HF_WEIGHTS_NAME
+    for name in ([HF_SAFE_WEIGHTS_NAME] if filename == HF_WEIGHTS_NAME else []) + [filename]:
+        try:
+            return hf_hub_download(repo_id, name, cache_dir=_hub_cache(cache_dir), local_files_only=True)
+        except Exception:  # huggingface_hub raises its own "not in the local cache" errors
+            continue
     return None
 
 
-def _reachable(host: str, timeout: float = 3.0) -> bool:
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def download_lock(model_name: str, tag: str, cache_dir: str | None = None) -> FileLock:
-    """The inter-process lock file guarding the download of ``model_name``/``tag`` into its cache (the Hugging
-    Face cache for hub weights, else the URL cache; ``cache_dir`` overrides both), created with its folder.
+    """The inter-process lock file guarding the download of ``model_name``/``tag``, in ``cache_dir`` or else the
+    Hugging Face cache (created with its folder).
 
     Processes that start together (DDP ranks on one node, or on several nodes sharing the cache's filesystem)
     take it in turn: the first downloads, the others wait and then find the weights cached. The lock is an OS
     file lock, released by the OS should its holder die."""
-    cfg = open_clip.get_pretrained_cfg(model_name, tag)
-    folder = Path(_hf_cache_dir(cache_dir) if _uses_hf_hub(cfg) else cache_dir or _DEFAULT_URL_CACHE).expanduser()
+    folder = Path(_hub_cache(cache_dir)).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     return FileLock(str(folder / re.sub(r"[^\w.-]", "_", f"lang3d-clip-{model_name}-{tag}.lock")))
 
 
 def _resolve_tag(model_name: str, tag: str, cache_dir: str | None) -> tuple[str, dict]:
-    """Local weights path and pretrained cfg for ``model_name``/``tag``; downloads only when online, one process
-    at a time (``download_lock``)."""
+    """Local weights path and pretrained cfg for ``model_name``/``tag``. Hub weights come from the Hugging Face
+    cache; otherwise (and for URL tags) open_clip's ``download_pretrained`` finds or downloads them, one process
+    at a time (``download_lock``). Offline (``HF_HUB_OFFLINE=1``) nothing is downloaded from the hub."""
     cfg = open_clip.get_pretrained_cfg(model_name, tag)
-    cached = _cached_tag_file(cfg, cache_dir)
-    if cached:
-        return cached, cfg
-    where = (f"Hugging Face cache {_hf_cache_dir(cache_dir)} (repo {cfg.get('hf_hub', '-')}) and "
-             f"URL cache {Path(cache_dir or _DEFAULT_URL_CACHE).expanduser()}")
+    on_hub = bool(cfg.get("hf_hub"))
+    where = (f"Hugging Face cache {_hub_cache(cache_dir)} (repo {cfg['hf_hub']})" if on_hub else
+             f"open_clip's URL cache ({cache_dir or 'its default folder'}) for {cfg.get('url', '-')}")
     fix = (f"Download '{model_name}/{tag}' on a machine with internet (e.g. python -c \"import open_clip; "
            f"open_clip.create_model('{model_name}', pretrained='{tag}')\") and copy the cache here, or pass "
-           f"pretrained: /path/to/{model_name}.pt (a local state dict / open_clip checkpoint / OpenAI archive).")
+           f"pretrained: /path/to/{model_name}.pt (a local state dict / open_clip checkpoint / OpenAI archive). "
+           f"Without network, set HF_HUB_OFFLINE=1 so that nothing is attempted.")
 
     def unavailable(reason: str) -> CLIPWeightsUnavailable:
         return CLIPWeightsUnavailable(f"CLIP weights for model '{model_name}' tag '{tag}' are not in the local "
                                       f"cache and cannot be downloaded ({reason}). Looked in: {where}. {fix}")
 
-    if _offline():
+    cached = _hub_file_in_cache(cfg, cache_dir) if on_hub else None
+    if cached:
+        return cached, cfg
+    if on_hub and _offline():
         raise unavailable("offline mode is set")
     with download_lock(model_name, tag, cache_dir):
-        cached = _cached_tag_file(cfg, cache_dir)  # downloaded by another process while this one waited
+        cached = _hub_file_in_cache(cfg, cache_dir) if on_hub else None  # another process may have downloaded it
         if cached:
             return cached, cfg
-        host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co") if _uses_hf_hub(cfg)
-                        else cfg["url"]).hostname
-        if not _reachable(host):
-            raise unavailable(f"{host} is unreachable")
         try:
             return open_clip.download_pretrained(cfg, cache_dir=cache_dir), cfg
         except Exception as e:  # network / hub errors of any kind
-            raise CLIPWeightsUnavailable(f"Downloading CLIP weights for '{model_name}' tag '{tag}' failed: {e}. "
-                                         f"Looked in: {where}. {fix}") from e
+            raise unavailable(f"download failed: {e}") from e
 
 
 def _is_torchscript(path: str) -> bool:
@@ -181,6 +165,7 @@ def load_clip(model_name: str, pretrained: str | None = None, *, cache_dir: str 
     (e.g. "RN50-quickgelu"); with a tag the activation is taken from the tag. ``cache_dir`` overrides
     open_clip's caches. Returns ``(model, tokenizer)``; the model is in eval mode with all parameters frozen.
     """
+    register_model_configs()
     available = open_clip.list_models()
     if model_name not in available:
         raise CLIPLoadError(f"Unknown CLIP model '{model_name}'. Available: {', '.join(available)}")

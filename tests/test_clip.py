@@ -12,7 +12,7 @@ from open_clip.transformer import QuickGELU
 
 from lang3d.clip import (CONFIG_DIR, CLIPDenseImageEncoder, CLIPLoadError, CLIPTextEncoder,
                          CLIPWeightsFileError, CLIPWeightsUnavailable, class_prompts, download_lock,
-                         interpolate_grid_pos_embed, load_clip)
+                         interpolate_grid_pos_embed, load_clip, register_model_configs)
 
 TINY = "lang3d-tiny-RN"
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)  # OpenAI CLIP constants
@@ -89,6 +89,7 @@ def _hand_attention(feat, pool, pos, query_index):
 
 
 def test_tiny_config_registered():
+    register_model_configs()
     assert TINY in open_clip.list_models()
     cfg = json.loads((CONFIG_DIR / f"{TINY}.json").read_text())
     assert cfg["embed_dim"] == 32 and cfg["vision_cfg"]["layers"] == [1, 1, 1, 1]
