@@ -73,6 +73,24 @@ def test_nan_coordinates_and_unknown_class_in_s3dis_name_the_file(tmp_path):
         class_of(bad / "piano_1.txt")
 
 
+def test_empty_inputs_are_named_errors_not_empty_datasets(tmp_path):
+    from datamodules.cap3d.captions import read_captions
+    from datamodules.modelnet40.resampled import read_split_ids
+    from datamodules.s3dis.raw import list_rooms
+    (tmp_path / "modelnet40_test.txt").write_text("\n")
+    with pytest.raises(Exception, match="modelnet40_test.txt is empty"):
+        read_split_ids(tmp_path, "test")
+    (tmp_path / "Cap3D_automated_ABO.csv").write_text("")
+    with pytest.raises(Exception, match="Cap3D_automated_ABO.csv is empty"):
+        read_captions(tmp_path / "Cap3D_automated_ABO.csv")
+    (tmp_path / "Area_3" / ".hidden").mkdir(parents=True)
+    with pytest.raises(Exception, match=f"{tmp_path / 'Area_3'} holds no rooms"):
+        list_rooms(tmp_path, 3)
+    (tmp_path / "door_2.txt").write_text("")
+    with pytest.warns(UserWarning, match="door_2.txt: empty S3DIS annotation file"):
+        assert read_annotation(tmp_path / "door_2.txt").shape == (0, 6)
+
+
 def test_label_outside_the_class_list_names_the_file(tmp_path):
     import h5py
     path = tmp_path / "ply_data_test0.h5"

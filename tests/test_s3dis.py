@@ -117,7 +117,11 @@ def test_unknown_class_missing_annotations_and_empty_room_are_named_errors(tmp_p
         read_room(bare)
     empty = _write_room(tmp_path / "e", {"wall_1.txt": "\n", ".DS_Store": "x"})
     with pytest.raises(S3DISFormatError, match=rf"{empty} is empty"):
-        read_room(empty)
+        with pytest.warns(UserWarning, match=r"wall_1\.txt: empty S3DIS annotation file"):
+            read_room(empty)
+    (tmp_path / "Area_6").mkdir()
+    with pytest.raises(S3DISFormatError, match=rf"{tmp_path / 'Area_6'} holds no rooms"):
+        list_rooms(tmp_path, 6)
 
 
 def test_hidden_and_duplicate_copies_are_skipped(tmp_path):

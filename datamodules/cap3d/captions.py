@@ -14,7 +14,8 @@ def read_captions(path: str | Path) -> dict[str, str]:
     """uid -> caption, in file order; blank lines are skipped (as pandas does).
 
     A row without exactly two fields, an empty uid or caption, a uid that is not a plain file name (it names the
-    object's files) or a repeated uid is an error naming the file, the row (1-based CSV record) and its line.
+    object's files) or a repeated uid is an error naming the file, the row (1-based CSV record) and its line; a
+    file without any caption is an error naming it.
     """
     path = Path(path)
     if not path.is_file():
@@ -46,4 +47,6 @@ def read_captions(path: str | Path) -> dict[str, str]:
                 raise Cap3DFormatError(f"{where}: uid {uid} repeats row {rows[uid]}")
             captions[uid] = caption
             rows[uid] = row_no
+    if not captions:
+        raise Cap3DFormatError(f"Cap3D caption file {path} is empty: no uid,caption rows")
     return captions

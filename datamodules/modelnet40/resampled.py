@@ -32,11 +32,14 @@ def split_list_path(folder: str | Path, split: str) -> Path:
 
 
 def read_split_ids(folder: str | Path, split: str) -> list[str]:
-    """Shape ids of ``split`` ("train"/"test"), in file order."""
+    """Shape ids of ``split`` ("train"/"test"), in file order; a missing or empty list is an error naming it."""
     path = split_list_path(folder, split)
     if not path.is_file():
         raise FileNotFoundError(f"ModelNet40 split list {path} does not exist")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise ModelNet40FormatError(f"ModelNet40 split list {path} is empty: no shape ids")
+    return ids
 
 
 def class_of(shape_id: str) -> str:
@@ -81,6 +84,8 @@ def read_ulip_cache(path: str | Path, num_classes: int) -> tuple[list[np.ndarray
             raise ModelNet40FormatError(f"{path}: cannot be unpickled ({type(err).__name__}: {err})") from None
     if not (isinstance(content, (list, tuple)) and len(content) == 2 and len(content[0]) == len(content[1])):
         raise ModelNet40FormatError(f"{path}: expected [list of point arrays, list of labels] of equal length")
+    if len(content[0]) == 0:
+        raise ModelNet40FormatError(f"{path}: no shapes (empty lists of points and labels)")
     clouds = []
     for i, cloud in enumerate(content[0]):
         cloud = np.asarray(cloud, dtype=np.float32)

@@ -51,9 +51,13 @@ def area_dir(raw_root: str | Path, area: int) -> Path:
 
 
 def list_rooms(raw_root: str | Path, area: int) -> list[str]:
-    """Sorted room names ("Area_5/office_1") of one area: its sub-folders, hidden entries ignored."""
+    """Sorted room names ("Area_5/office_1") of one area: its sub-folders, hidden entries ignored. An area without
+    rooms is an error naming its folder."""
     folder = area_dir(raw_root, area)
-    return [f"{folder.name}/{p.name}" for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    rooms = [f"{folder.name}/{p.name}" for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    if not rooms:
+        raise S3DISFormatError(f"S3DIS area folder {folder} holds no rooms (no <room>/ sub-folders)")
+    return rooms
 
 
 def class_of(path: Path) -> int:
@@ -84,12 +88,14 @@ def annotation_files(room_dir: Path) -> list[Path]:
 
 
 def read_annotation(path: str | Path) -> np.ndarray:
-    """Points of one annotation file: [n, 6] float64 (x, y z metres, r g b 0..255)."""
+    """Points of one annotation file: [n, 6] float64 (x, y z metres, r g b 0..255); an empty file gives [0, 6]
+    with a warning naming it."""
     path = Path(path)
     data = path.read_bytes()
     if b"\x00" in data:
         data = _repair_nul_lines(path, data)
     if not data.strip():
+        warnings.warn(f"{path}: empty S3DIS annotation file (no points); the instance has no points", stacklevel=2)
         return np.zeros((0, 6))
     try:
         values = np.loadtxt(io.BytesIO(data), dtype=np.float64, comments=None, ndmin=2)
