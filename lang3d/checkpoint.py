@@ -1,10 +1,15 @@
-"""Checkpoints: leaving frozen pretrained weights (CLIP) out of them, and loading pretrained tensors by name."""
+"""Checkpoints: leaving frozen pretrained weights (CLIP) out of them, reading untrusted checkpoint files safely,
+and loading pretrained tensors by name with a report of what was loaded."""
 from __future__ import annotations
 
+import pickle
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -33,6 +38,54 @@ class CheckpointMismatchError(RuntimeError):
     """A checkpoint's tensors do not fit the module they are loaded into."""
 
 
+class UnsafeCheckpointError(CheckpointMismatchError):
+    """A checkpoint file pickles objects other than tensors, containers, numbers, strings and the types the
+    caller allowed; it is not unpickled (that could run arbitrary code)."""
+
+
+_NUMPY_SCALAR = np.float64(0).__reduce__()[0]  # numpy's scalar reconstructor (numpy.core.multiarray.scalar)
+
+# What training scripts commonly pickle next to the weights: numpy scalars (a metric such as an SVM accuracy)
+# under numpy 1.x and 2.x module names, with the dtypes they name. Plain data; nothing here runs code.
+NUMPY_SCALAR_GLOBALS: tuple[Callable | tuple[Callable, str], ...] = (
+    (_NUMPY_SCALAR, "numpy.core.multiarray.scalar"), (_NUMPY_SCALAR, "numpy._core.multiarray.scalar"), np.dtype,
+    *(type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)))
+
+
+def safe_load(path: str | Path, allowed_globals: Sequence[Callable | tuple[Callable, str]] = (),
+              mmap: bool = True) -> Any:
+    """Read a checkpoint file as untrusted input: ``torch.load(..., weights_only=True)`` on CPU, allowing besides
+    tensors and plain containers exactly ``allowed_globals`` (``torch.serialization.safe_globals``).
+
+    With ``mmap`` (and a zip-format file, what ``torch.save`` writes since PyTorch 1.6) tensors are memory-mapped,
+    so those the caller never touches (ImageBind's 1.2 B parameters in a Point-Bind release) are never read.
+    A file that pickles anything else raises ``UnsafeCheckpointError`` naming the file and the types."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    zipped = zipfile.is_zipfile(path)
+    try:
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
+    except pickle.UnpicklingError as err:
+        types = _unsafe_globals(path, allowed_globals) if zipped else []
+        named = ", ".join(types) if types else str(err).splitlines()[0]
+        raise UnsafeCheckpointError(f"{path} pickles objects that safe loading does not allow ({named}); it was not "
+                                    "unpickled. Only tensors, containers, numbers and strings are read from "
+                                    "downloaded checkpoints.") from err
+    except Exception as err:
+        raise CheckpointMismatchError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
+
+
+def _unsafe_globals(path: Path, allowed: Sequence[Callable | tuple[Callable, str]]) -> list[str]:
+    """The pickled types of ``path`` that neither torch nor ``allowed`` permit (read without unpickling)."""
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # a damaged archive: the unpickling error itself is reported
+        return []
+
+
 @dataclass
 class LoadReport:
     """What ``load_pretrained_weights`` did, tensor name by tensor name (names relative to the module)."""
@@ -56,21 +109,35 @@ def load_pretrained_weights(module: nn.Module, path: str | Path, prefix: str = "
                             reinit_prefixes: tuple[str, ...] = ()) -> LoadReport:
     """Load the tensors of a Lightning checkpoint (or a plain state dict) whose names start with ``prefix``
     into ``module`` by name (prefix stripped). A shape mismatch is an error unless the tensor's name starts
-    with one of ``reinit_prefixes``; a checkpoint sharing no tensor with the module is an error."""
+    with one of ``reinit_prefixes``; a checkpoint sharing no tensor with the module is an error. The file is
+    read with ``safe_load`` (no arbitrary unpickling)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained checkpoint {path} does not exist (set model.pretrained, or CKPT=... for make)")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise CheckpointMismatchError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
+    raw = safe_load(path)
     state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
     if not isinstance(state, dict):
         raise CheckpointMismatchError(f"{path} holds no state dict")
     source = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    report = load_tensors(module, source, str(path), strict=False, reinit_prefixes=reinit_prefixes, prefix=prefix)
+    if not report.loaded:
+        raise CheckpointMismatchError(f"{path}: no tensor under '{prefix}' matches the model "
+                                      f"(checkpoint has e.g. {list(state)[:3]})")
+    return report
+
+
+def load_tensors(module: nn.Module, state: Mapping[str, torch.Tensor], source: str, strict: bool = True,
+                 initialised: Sequence[str] = (), reinit_prefixes: tuple[str, ...] = (),
+                 prefix: str = "") -> LoadReport:
+    """Copy ``state`` (names relative to ``module``) into ``module`` and report it tensor by tensor.
+
+    A shape mismatch is an error naming the tensor (``prefix`` + name, as in the file) and both shapes, unless the
+    name starts with one of ``reinit_prefixes``. With ``strict``, a module tensor the state lacks (other than the
+    names in ``initialised``: tensors the source is known not to provide, kept as initialised) or a state tensor
+    the module lacks is an error listing them all. ``source`` names the file in messages."""
     target = module.state_dict()
     report, to_load = LoadReport(), {}
-    for name, tensor in source.items():
+    for name, tensor in state.items():
         if name not in target:
             report.unused.append(name)
         elif target[name].shape == tensor.shape:
@@ -79,11 +146,15 @@ def load_pretrained_weights(module: nn.Module, path: str | Path, prefix: str = "
         elif name.startswith(reinit_prefixes):
             report.reinitialised.append(name)
         else:
-            raise CheckpointMismatchError(f"{path}: tensor '{prefix}{name}' has shape {tuple(tensor.shape)}, the model "
-                                          f"expects {tuple(target[name].shape)}")
-    report.missing = [n for n in target if n not in source]
-    if not to_load:
-        raise CheckpointMismatchError(f"{path}: no tensor under '{prefix}' matches the model "
-                                      f"(checkpoint has e.g. {list(state)[:3]})")
+            raise CheckpointMismatchError(f"{source}: tensor '{prefix}{name}' has shape {tuple(tensor.shape)}, the "
+                                          f"model expects {tuple(target[name].shape)}")
+    report.missing = [n for n in target if n not in state]
+    if strict:
+        unexpected_missing = [n for n in report.missing if n not in set(initialised)]
+        if unexpected_missing or report.unused:
+            raise CheckpointMismatchError(
+                f"{source} does not fit {type(module).__name__}: missing {len(unexpected_missing)} tensors "
+                f"{unexpected_missing[:10]}{' …' if len(unexpected_missing) > 10 else ''}, unused "
+                f"{len(report.unused)} tensors {report.unused[:10]}{' …' if len(report.unused) > 10 else ''}")
     module.load_state_dict(to_load, strict=False)
     return report

@@ -2,10 +2,12 @@
 
     lightning fit -c configs/text4point/pretrain_scannet.yaml --data.root /data/scannet
     lightning fit -c CONFIG --print_config
+    lang3d convert pointbind pointbind_i2pmae.pt pointbind_i2pmae.ckpt
 """
 from __future__ import annotations
 
 import importlib
+import sys
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorFn
@@ -52,7 +54,12 @@ class Lang3DCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Every run also gets the callbacks that make a killed run resume exactly (``lang3d.resume``)."""
+    """Every run also gets the callbacks that make a killed run resume exactly (``lang3d.resume``).
+    ``lang3d convert KIND IN OUT`` converts a published checkpoint (``lang3d.convert``) instead."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["convert"]:
+        from lang3d.convert import main as convert
+        return convert(argv[1:])
     _import_project()
     Lang3DCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
               save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,

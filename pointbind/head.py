@@ -14,13 +14,15 @@ LOGIT_SCALE_MAX = math.log(100.0)  # CLIP clamps the log scale to [0, ln 100]
 class ProjectionHead(nn.Module):
     """features [B, in_dim] -> unit-norm embeddings [B, embed_dim]:
     Linear(in_dim -> hidden, no bias; Point-Bind's ``pc_projection`` matrix, normal std hidden^-1/2) -> LayerNorm
-    -> Dropout -> Linear(hidden -> embed_dim, no bias) -> L2 normalisation."""
+    (eps ``norm_eps``; 1e-6 as ImageBind's ``modality_head_point``) -> Dropout -> Linear(hidden -> embed_dim, no
+    bias) -> L2 normalisation."""
 
-    def __init__(self, in_dim: int, embed_dim: int, hidden_dim: int = 512, dropout: float = 0.5):
+    def __init__(self, in_dim: int, embed_dim: int, hidden_dim: int = 512, dropout: float = 0.5,
+                 norm_eps: float = 1e-6):
         super().__init__()
         self.proj = nn.Linear(in_dim, hidden_dim, bias=False)
         nn.init.normal_(self.proj.weight, std=hidden_dim ** -0.5)
-        self.norm = nn.LayerNorm(hidden_dim)
+        self.norm = nn.LayerNorm(hidden_dim, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_dim, embed_dim, bias=False)
 
