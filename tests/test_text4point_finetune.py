@@ -1,20 +1,24 @@
 """Text4Point S3DIS fine-tuning end to end on tiny synthetic rooms: learning, checkpoint loading by name,
 full-resolution evaluation, predictions written by `test`, the ablation configs, TensorBoard."""
+import copy
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 from plyfile import PlyData
 
 from datamodules import S3DISDataModule
 from datamodules.synthetic.s3dis import generate_s3dis
 from lang3d.checkpoint import CheckpointMismatchError
 from lang3d.cli import main as cli_main
+from lang3d.prompt_learner import FixedPrompts, PromptLearner, RandomClassEmbeddings
 from text4point import Text4PointPretraining, Text4PointSegmentation
 
 CLASSES = list(S3DISDataModule.class_names)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "text4point"
 TINY = dict(clip_model="lang3d-tiny-RN", clip_pretrained=None, lr=0.05)
 
 
@@ -107,12 +111,84 @@ def test_finetuning_learns_far_above_chance_and_test_writes_predictions(tiny_s3d
     assert any(tag.startswith("val_room/prediction") for tag in events.Tags()["tensors"])
 
 
-@pytest.mark.parametrize("row", ["1_scratch", "2_tqm", "3_pretrain", "4_aux", "5_prompt", "6_random_embeddings"])
-def test_each_ablation_config_runs(row, tiny_s3dis, pretrain_checkpoint, tmp_path):
-    path, _ = pretrain_checkpoint
-    cli_main(["fit", "-c", "configs/text4point/finetune_s3dis.yaml", "-c", "configs/text4point/demo_synthetic_s3dis.yaml",
-              "-c", f"configs/text4point/ablations/{row}.yaml", "--data.root", str(tiny_s3dis),
-              "--model.pretrained", str(path) if row[0] in "3456" else "null", "--trainer.max_steps", "2",
-              "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
-              "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false",
-              "--trainer.callbacks", "[]", "--data.num_workers", "0"])
+# Tables 5 and 6: what each ablation overlay switches (relative to configs/text4point/finetune_s3dis.yaml, the full
+# model) -- the TQM, pre-trained weights, the auxiliary loss and the kind of class text; nothing else may differ.
+ABLATIONS = {
+    "1_scratch": dict(use_tqm=False, pretrained=False, aux_loss_weight=0.0, text_mode="fixed"),
+    "2_tqm": dict(use_tqm=True, pretrained=False, aux_loss_weight=0.0, text_mode="fixed"),
+    "3_pretrain": dict(use_tqm=True, pretrained=True, aux_loss_weight=0.0, text_mode="fixed"),
+    "4_aux": dict(use_tqm=True, pretrained=True, aux_loss_weight=1.0, text_mode="fixed"),
+    "5_prompt": dict(use_tqm=True, pretrained=True, aux_loss_weight=1.0, text_mode="learned"),
+    "6_random_embeddings": dict(use_tqm=True, pretrained=True, aux_loss_weight=1.0, text_mode="random"),
+}
+TEXT_KINDS = {"fixed": FixedPrompts, "learned": PromptLearner, "random": RandomClassEmbeddings}
+TQM_PARAMETERS = ("guided.net.tqm.", "guided.net.fc_reduce.", "guided.net.alpha", "guided.net.beta")
+
+
+def resolved_config(capsys, root, *overlays, pretrained=None) -> dict:
+    """The full config the CLI resolves from finetune_s3dis.yaml + overlays (``--print_config``), with the tiny
+    CLIP in place of RN50 / openai (the only override, applied to every row alike)."""
+    args = ["fit", "-c", str(CONFIGS / "finetune_s3dis.yaml")]
+    for overlay in overlays:
+        args += ["-c", str(CONFIGS / "ablations" / f"{overlay}.yaml")]
+    args += ["--data.root", str(root), "--model.clip_model", "lang3d-tiny-RN", "--model.clip_pretrained", "null"]
+    if pretrained is not None:
+        args += ["--model.pretrained", str(pretrained)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([*args, "--print_config"])
+    assert exit_info.value.code == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("row", list(ABLATIONS))
+def test_each_ablation_overlay_switches_exactly_its_row(row, tiny_s3dis, pretrain_checkpoint, capsys):
+    """The resolved config equals the base config with the row's four switches set, and the model built from it
+    has (or lacks) the TQM, the pre-trained weights, the auxiliary loss and the row's class text -- and differs
+    from the full model in no other parameter."""
+    path, pretrained = pretrain_checkpoint
+    switches = ABLATIONS[row]
+    base = resolved_config(capsys, tiny_s3dis)
+    config = resolved_config(capsys, tiny_s3dis, row, pretrained=path if switches["pretrained"] else None)
+    expected = copy.deepcopy(base)
+    expected["model"]["init_args"].update({**switches, "pretrained": str(path) if switches["pretrained"] else None})
+    assert config == expected
+
+    L.seed_everything(0)
+    model = Text4PointSegmentation(**config["model"]["init_args"])
+    net = model.guided.net
+    assert hasattr(net, "tqm") == net.use_tqm == switches["use_tqm"]
+    source = pretrained.net.state_dict()
+    kernels = [n for n in net.state_dict() if n.endswith("kernel") and not n.startswith("backbone.head.")]
+    same = [torch.equal(net.state_dict()[n], source[n]) for n in kernels]   # convolutions: random unless loaded
+    assert kernels and len(same) == len(kernels)
+    assert all(same) if switches["pretrained"] else not any(same)
+    assert type(model.guided.text) is TEXT_KINDS[switches["text_mode"]]
+
+    dm = datamodule(tiny_s3dis, augment=False)
+    dm.setup("fit")
+    losses = model._losses(next(iter(dm.train_dataloader())))
+    assert ("loss_aux" in losses) == (switches["aux_loss_weight"] > 0)
+    if "loss_aux" not in losses:
+        assert torch.equal(losses["loss"], losses["loss_task"])
+
+    full = Text4PointSegmentation(**resolved_config(capsys, tiny_s3dis, "5_prompt", pretrained=path)["model"][
+        "init_args"])
+    trainable = {n: p.shape for n, p in model.named_parameters() if p.requires_grad}
+    full_trainable = {n: p.shape for n, p in full.named_parameters() if p.requires_grad}
+    text_params = {n for n in trainable.keys() | full_trainable.keys() if n.startswith("guided.text.")}
+    allowed = text_params | ({n for n in full_trainable if n.startswith(TQM_PARAMETERS)} if not switches["use_tqm"]
+                             else set())
+    assert {n for n in trainable.keys() ^ full_trainable.keys()} <= allowed
+    assert all(trainable[n] == full_trainable[n] for n in trainable.keys() & full_trainable.keys())
+    own_text = {n for n in trainable if n.startswith("guided.text.")}
+    assert own_text == {"learned": {"guided.text.ctx"}, "random": {"guided.text.weight"}, "fixed": set()}[
+        switches["text_mode"]]
+
+
+@pytest.mark.parametrize("row", ["3_pretrain", "4_aux", "5_prompt", "6_random_embeddings"])
+def test_ablation_rows_with_pre_training_need_a_checkpoint(row, tiny_s3dis, tmp_path):
+    with pytest.raises((ValueError, FileNotFoundError), match=r"pretrained checkpoint \?\?\? does not exist"):
+        cli_main(["fit", "-c", str(CONFIGS / "finetune_s3dis.yaml"), "-c", str(CONFIGS / "ablations" / f"{row}.yaml"),
+                  "--data.root", str(tiny_s3dis), "--model.clip_model", "lang3d-tiny-RN",
+                  "--model.clip_pretrained", "null", "--trainer.max_steps", "1", "--trainer.logger", "false",
+                  "--trainer.default_root_dir", str(tmp_path), "--data.num_workers", "0"])
