@@ -1,5 +1,6 @@
-"""Point-Bind loss and projection: InfoNCE against loops, the gathered loss under two gloo ranks, the head."""
+"""Point-Bind loss and projection: InfoNCE against loops, the gathered loss under two gloo ranks (even, uneven and empty shares), the head."""
 import math
+from datetime import timedelta
 
 import pytest
 import torch
@@ -48,30 +49,59 @@ def test_alignment_loss_rejects_bad_input():
         alignment_loss(unit(2, 3, seed=0), unit(3, 3, seed=1), None, torch.tensor(1.0))
 
 
-def _rank(rank: int, world: int, store: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    n = 8
-    rows = slice(rank * n // world, (rank + 1) * n // world)
-    point, text, image = (unit(n, 4, seed=s)[rows].clone().requires_grad_() for s in (0, 1, 2))
-    loss = alignment_loss(point, text, image, torch.tensor(5.0))["loss"]
-    loss.backward()
-    torch.save({"loss": loss.detach(), "grads": [t.grad for t in (point, text, image)]}, f"{out}.{rank}")
+def global_batch_loss(point, text, image, scale, image_weight):
+    """The whole batch on one device, as one N×N similarity matrix per modality: its row-wise and column-wise
+    cross-entropies against the diagonal (independent of the implementation's per-rank rows and offsets)."""
+    target = torch.arange(len(point))
+    loss = 0.0
+    for other, weight in ((text, 1.0), (image, image_weight)):
+        logits = scale * point @ other.T
+        loss = loss + weight * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    return loss
+
+
+SPLITS = [(4, 4), (4, 3), (0, 5)]   # rows per rank; (0, 5): rank 0's samples were all skipped
+
+
+def _rank(rank: int, store: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))   # a collective left waiting fails instead of hanging
+    results = []
+    for split in SPLITS:
+        rows = slice(sum(split[:rank]), sum(split[:rank + 1]))
+        point, text, image = (unit(sum(split), 4, seed=s)[rows].clone().requires_grad_() for s in (0, 1, 2))
+        scale = torch.tensor(5.0, requires_grad=True)
+        loss = alignment_loss(point, text, image, scale, image_weight=0.5)["loss"]
+        loss.backward()
+        results.append({"loss": loss.detach(), "grads": [t.grad for t in (point, text, image)], "scale": scale.grad})
+    torch.save(results, f"{out}.{rank}")
     dist.destroy_process_group()
 
 
-def test_gathered_loss_equals_the_global_batch_loss(tmp_path):
-    """Two gloo ranks with 4 rows each: the mean of their losses is the 8-row loss, and the gradient reaching
-    each rank's rows (through all_gather's backward, summed over ranks) is world × the 8-row loss's gradient."""
-    world = 2
-    mp.spawn(_rank, args=(world, str(tmp_path / "store"), str(tmp_path / "out")), nprocs=world, join=True)
-    results = [torch.load(tmp_path / f"out.{r}") for r in range(world)]
-    full = [unit(8, 4, seed=s).requires_grad_() for s in (0, 1, 2)]
-    loss = alignment_loss(*full, torch.tensor(5.0))["loss"]
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gathered_loss")
+    mp.spawn(_rank, args=(str(tmp / "store"), str(tmp / "out")), nprocs=2, join=True)
+    return [torch.load(tmp / f"out.{r}") for r in range(2)]
+
+
+@pytest.mark.parametrize("case", range(len(SPLITS)), ids=[f"{a}+{b}" for a, b in SPLITS])
+def test_gathered_loss_equals_the_global_batch_loss(two_ranks, case):
+    """Two gloo ranks holding ``split`` rows (uneven, or none on a rank whose samples were all skipped): the mean
+    of their losses (what DDP optimises) is the loss of the whole batch on one device; the gradient reaching each
+    rank's rows (through the gather's backward, summed over ranks) is world × the whole batch's gradient, so
+    DDP's averaged parameter gradients are the whole batch's; the logit scale's gradients average to the whole
+    batch's."""
+    split, results, world = SPLITS[case], [r[case] for r in two_ranks], 2
+    full = [unit(sum(split), 4, seed=s).requires_grad_() for s in (0, 1, 2)]
+    scale = torch.tensor(5.0, requires_grad=True)
+    loss = global_batch_loss(*full, scale, 0.5)
     loss.backward()
     assert sum(r["loss"] for r in results).item() / world == pytest.approx(loss.item(), rel=1e-5)
     for k in range(3):
         gathered = torch.cat([r["grads"][k] for r in results])
         torch.testing.assert_close(gathered, world * full[k].grad, atol=1e-6, rtol=1e-5)
+    assert sum(r["scale"] for r in results).item() / world == pytest.approx(scale.grad.item(), rel=1e-5)
 
 
 def test_projection_head_and_logit_scale():

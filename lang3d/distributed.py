@@ -1,0 +1,62 @@
+"""Collectives for DDP ranks holding different numbers of rows (a batch with skipped samples, the last shard of an
+evaluation set, a rank with no data at all), differentiable where a loss needs them.
+
+Every function is a no-op (the local value) without an initialised process group of more than one rank, and a
+collective otherwise: every rank must call it, in the same order, with the same trailing shape and dtype.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def world() -> tuple[int, int]:
+    """(world size, rank) of the default process group; (1, 0) without an initialised one."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1, 0
+    return dist.get_world_size(), dist.get_rank()
+
+
+def row_counts(n: int, device: torch.device | str = "cpu") -> list[int]:
+    """Every rank's n, in rank order (``[n]`` on one process)."""
+    size, _ = world()
+    if size == 1:
+        return [int(n)]
+    local = torch.tensor([int(n)], dtype=torch.int64, device=device)
+    counts = [torch.zeros_like(local) for _ in range(size)]
+    dist.all_gather(counts, local)
+    return [int(c) for c in counts]
+
+
+class _GatherRows(torch.autograd.Function):
+    """x [n_r, ...] on each rank -> [Σ n_r, ...] in rank order; backward: the gradient of the concatenation
+    summed over the ranks (every rank's loss depends on every rank's rows), this rank's rows of it."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        rank = dist.get_rank()
+        ctx.rows = (sum(counts[:rank]), sum(counts[:rank + 1]))
+        padded = x.new_zeros((max(counts), *x.shape[1:]))
+        padded[:len(x)] = x
+        parts = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(parts, padded.contiguous())
+        return torch.cat([part[:n] for part, n in zip(parts, counts)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        start, end = ctx.rows
+        return total[start:end], None
+
+
+def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Every rank's rows x [n_r, ...] (n_r may differ, 0 included) concatenated in rank order -> ([Σ n_r, ...],
+    index of this rank's first row). Differentiable: gradients reach every rank's x, as in a single-process
+    computation over the concatenation whose loss is the sum of the ranks' losses. One process: (x, 0)."""
+    size, rank = world()
+    if size == 1:
+        return x, 0
+    counts = row_counts(len(x), x.device)
+    return _GatherRows.apply(x, counts), sum(counts[:rank])
+
