@@ -1,30 +1,54 @@
-"""Row lookups between batched sparse coordinate sets ([N, 4] int: batch, x, y, z)."""
+"""Row lookups between batched sparse coordinate sets ([N, 4] integers: batch, x, y, z)."""
 from __future__ import annotations
+
+import math
 
 import torch
 
-_BITS = 20  # per spatial axis: coordinates in [-2^19, 2^19) voxels
-_OFFSET = 1 << (_BITS - 1)
+_KEY_RANGE = 1 << 63  # int64 keys in [0, 2^63)
 
 
-def coordinate_keys(coords: torch.Tensor) -> torch.Tensor:
-    """Pack [N, 4] integer coordinates into unique int64 keys [N]."""
-    c = coords.to(torch.int64)
-    if c.numel() and (c[:, 1:].abs().max() >= _OFFSET):
-        raise ValueError(f"voxel coordinates exceed ±{_OFFSET}: the scene is too large for the chosen voxel size")
-    xyz = c[:, 1:] + _OFFSET
-    return (((c[:, 0] << _BITS) | xyz[:, 0]) << _BITS | xyz[:, 1]) << _BITS | xyz[:, 2]
+def _check_coordinates(coords: torch.Tensor, name: str) -> None:
+    if coords.ndim != 2 or coords.shape[1] != 4:
+        raise ValueError(f"{name} coordinates must be [N, 4] (batch, x, y, z), got shape {tuple(coords.shape)}")
+    if coords.is_floating_point() or coords.is_complex() or coords.dtype == torch.bool:
+        raise TypeError(f"{name} coordinates must be an integer tensor, got {coords.dtype}")
+
+
+def _row_keys(table: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int64 keys [T], [Q], equal exactly where the rows are equal.
+
+    Each column is shifted by its minimum over table ∪ query and the columns are packed in mixed radix (their
+    extents) when the product of the extents fits in 63 bits: any real batch (1,024 samples of 400 m scenes at
+    2.5 cm voxels need 10 + 3·14 bits). Otherwise the keys are the rows' ranks in lexicographic order."""
+    rows = torch.cat([table, query]).to(torch.int64)
+    if len(rows) == 0:
+        return rows[:0, 0], rows[:0, 0]
+    low = rows.min(0).values
+    extents = [hi - lo + 1 for lo, hi in zip(low.tolist(), rows.max(0).values.tolist())]
+    if math.prod(extents) <= _KEY_RANGE:
+        shifted = rows - low
+        keys = shifted[:, 0]
+        for column, extent in zip(shifted.T[1:], extents[1:]):
+            keys = keys * extent + column
+    else:  # coordinates spread over more than 2^63 cells: compare rows exactly
+        keys = torch.unique(rows, dim=0, return_inverse=True)[1]
+    return keys[:len(table)], keys[len(table):]
 
 
 def lookup_rows(table: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-    """Row of ``table`` [T, 4] holding each coordinate of ``query`` [Q, 4]; -1 where absent. Returns [Q] int64."""
-    keys = coordinate_keys(table)
-    order = torch.argsort(keys)
-    sorted_keys = keys[order]
-    q = coordinate_keys(query)
-    pos = torch.searchsorted(sorted_keys, q).clamp(max=max(len(keys) - 1, 0))
+    """Row of ``table`` [T, 4] holding each coordinate of ``query`` [Q, 4]; -1 where absent. Returns [Q] int64.
+
+    Exact for any integer coordinates and batch indices (MinkowskiEngine's int32 range and beyond). The rows
+    of ``table`` are expected to be distinct (a sparse tensor's coordinates are)."""
+    _check_coordinates(table, "table")
+    _check_coordinates(query, "query")
+    keys, q = _row_keys(table, query.to(table.device))
     if len(keys) == 0:
         return torch.full_like(q, -1)
+    order = torch.argsort(keys)
+    sorted_keys = keys[order]
+    pos = torch.searchsorted(sorted_keys, q).clamp(max=len(keys) - 1)
     found = sorted_keys[pos] == q
     return torch.where(found, order[pos], torch.full_like(q, -1))
 
