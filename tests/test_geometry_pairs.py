@@ -1,9 +1,17 @@
-"""Camera geometry and pixel-voxel correspondences against brute-force per-element computations."""
+"""Camera geometry, pixel-voxel correspondences and pixel-to-feature-cell assignment against brute-force
+per-element computations."""
+import copy
+
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from datamodules.scannet.pairs import PairConfig, build_frame_pair, correspondences
+from lang3d.clip import CLIPDenseImageEncoder, load_clip
 from lang3d.geometry import backproject_depth, project_points, render_depth, scale_intrinsics, voxelize
+from text4point.image_branch import ImageDecoder, upsample_to_pixels
+from text4point.pretrain import _cells
 
 
 def look_at(eye, target):
@@ -131,3 +139,112 @@ def test_depth_tolerance_rejects_occluded_voxels(frame):
     K_img = K_depth
     assert len(correspondences(coord, depth, T, K_depth, K_img, depth.shape, 0.05, 0.05)) == 1
     assert len(correspondences(coord, occluded, T, K_depth, K_img, depth.shape, 0.05, 0.05)) == 0
+
+
+# ---------------------------------------------------------------- pixel -> feature cell (CLIP map h2D, decoder z2D)
+def averaging_copy(module: nn.Module) -> nn.Module:
+    """A float64 copy in which every convolution averages its inputs (weights 1/fan-in, no bias) and every
+    BatchNorm is the identity: on a positive image each output is a positive linear function of the input whose
+    gradient is the output's receptive field, weighted symmetrically about the output's receptive centre."""
+    module = copy.deepcopy(module).double().eval()
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.fill_(1.0 / m.weight[0].numel())
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.eps = 0.0
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+    return module
+
+
+def receptive_centre(net, axis: int, index: int, length: int = 384) -> float:
+    """Centre of mass (pixels, edges at integers) along ``axis`` (2: rows, 3: columns) of the input gradient of
+    feature-map row / column ``index`` of ``net`` on a positive image ``length`` pixels long on that axis (64 on
+    the other); asserts that the receptive field is not cut by the image border (else the centre is biased)."""
+    shape = [1, 3, 64, 64]
+    shape[axis] = length
+    image = torch.ones(shape, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(net(image).select(axis, index).sum(), image)
+    profile = grad.sum(dim=[d for d in range(4) if d != axis])
+    support = torch.nonzero(profile > 0)[:, 0]
+    assert (profile >= 0).all() and 0 < support.min() and support.max() < len(profile) - 1
+    return float((profile * (torch.arange(len(profile)) + 0.5)).sum() / profile.sum())
+
+
+def brute_force_cell(pixel: int, centres: list[float], stride: int):
+    """Index of the cell whose receptive centre is nearest to the centre of ``pixel`` (of two equidistant, the
+    first), or None when every centre is more than half a stride away."""
+    distance, cell = min((round(abs(pixel + 0.5 - c), 6), i) for i, c in enumerate(centres))
+    return cell if distance <= stride / 2 else None
+
+
+@pytest.fixture(scope="module")
+def cell_lattices():
+    """Per level ("clip": the CLIP trunk's cells, "decoder": the pre-training 2D decoder's cells): the network
+    image -> cells (averaging copies of the tiny ResNet CLIP, which has RN50's stem, strides and floors, and of
+    ``ImageDecoder``), the stride the code uses, and the receptive centre of cell 0 measured by autograd: the
+    centres of 8 cells in the middle of a 384-pixel axis, where no receptive field is cut by the border, must lie
+    on one lattice of that stride, along rows and along columns."""
+    encoder = CLIPDenseImageEncoder(load_clip("lang3d-tiny-RN", None)[0])
+    channels = encoder.trunk(torch.zeros(1, 3, 32, 32)).shape[1]
+    decoder = ImageDecoder(channels, 4, width=8)
+    strides = {"clip": encoder.output_stride, "decoder": encoder.output_stride // decoder.upsampling}
+    encoder, decoder = averaging_copy(encoder), averaging_copy(decoder)
+    nets = {"clip": encoder.trunk, "decoder": lambda images: decoder(encoder.trunk(images))[0]}
+    lattices = {}
+    for level, net in nets.items():
+        stride = strides[level]
+        size = net(torch.ones(1, 3, 384, 64, dtype=torch.float64)).shape[2]
+        middle = range(size // 2 - 4, size // 2 + 4)
+        origin = receptive_centre(net, 2, middle[0]) - stride * middle[0]
+        for axis in (2, 3):
+            for i in middle:
+                assert receptive_centre(net, axis, i) == pytest.approx(origin + stride * i, abs=1e-9)
+        lattices[level] = (net, stride, origin)
+    return lattices
+
+
+@pytest.mark.parametrize("level", ["clip", "decoder"])
+def test_pixels_go_to_the_cell_whose_receptive_centre_is_nearest(cell_lattices, level):
+    """At the 240×320 images of pre-training, every pixel-voxel pair lands in the cell whose receptive centre is
+    nearest to its pixel, and pairs whose pixel no cell covers (rows 224-239: the trunk's floors drop them) are
+    left out."""
+    net, stride, origin = cell_lattices[level]
+    H, W = 240, 320
+    h, w = net(torch.ones(1, 3, H, W, dtype=torch.float64)).shape[2:]
+    assert (h, w) == {"clip": (7, 10), "decoder": (56, 80)}[level]
+    row_cell = [brute_force_cell(r, [origin + stride * i for i in range(h)], stride) for r in range(H)]
+    col_cell = [brute_force_cell(c, [origin + stride * j for j in range(w)], stride) for c in range(W)]
+    assert sum(cell is None for cell in row_cell) == 16 and None not in col_cell
+
+    rows, cols = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    rows, cols = rows.flatten(), cols.flatten()
+    pixel = torch.arange(H * W)
+    got = _cells(torch.zeros_like(pixel), pixel, rows, cols, stride, (h, w))
+    expected = [(p, row_cell[r], col_cell[c]) for p, (r, c) in enumerate(zip(rows.tolist(), cols.tolist()))
+                if row_cell[r] is not None and col_cell[c] is not None]
+    assert [tuple(x) for x in got[:, 1:].tolist()] == expected
+    assert (got[:, 0] == 0).all()
+
+
+def test_depth_upsampling_puts_each_cell_at_its_pixels(cell_lattices):
+    """The depth loss's upsampling of the decoder's map (56×80 at 240×320 images): a map holding each cell's
+    receptive centre (row, column) reads, at every pixel of the covered 224×320, within half a pixel of the
+    pixel's own centre (away from the outermost half cells, where it clamps)."""
+    _, stride, origin = cell_lattices["decoder"]
+    h, w = 56, 80
+    centres_r = origin + stride * torch.arange(h, dtype=torch.float64)
+    centres_c = origin + stride * torch.arange(w, dtype=torch.float64)
+    ramps = torch.stack([centres_r[:, None].expand(h, w), centres_c[None, :].expand(h, w)])
+    up = upsample_to_pixels(ramps[None], stride)[0]
+    assert up.shape == (2, 224, 320)
+    half = stride // 2
+    inner_r, inner_c = slice(half, 224 - half), slice(half, 320 - half)
+    pixel_r = torch.arange(224, dtype=torch.float64)[inner_r, None] + 0.5
+    pixel_c = torch.arange(320, dtype=torch.float64)[None, inner_c] + 0.5
+    assert (up[0][inner_r, inner_c] - pixel_r).abs().max() <= 0.5 + 1e-9
+    assert (up[1][inner_r, inner_c] - pixel_c).abs().max() <= 0.5 + 1e-9

@@ -20,7 +20,7 @@ from lang3d.prompt_learner import build_class_embeddings
 from lang3d.sparse_index import coarsen, lookup_rows
 from lang3d.sync_batchnorm import sync_batchnorm_under_ddp
 from lang3d.tensorboard import log_image, overlay_points
-from text4point.image_branch import ImageDecoder
+from text4point.image_branch import ImageDecoder, pixel_cells, upsample_to_pixels
 from text4point.network import ENCODER_STRIDE, Text4PointNet
 
 
@@ -72,7 +72,6 @@ class Text4PointPretraining(FrozenWeightsNotSaved, L.LightningModule):
     # ---------------------------------------------------------------- forward and losses
     def _losses(self, batch: dict) -> dict[str, torch.Tensor]:
         images = batch["image"].permute(0, 3, 1, 2).float() / 255.0  # [B, 3, H, W]
-        H, W = images.shape[-2:]
         x = ME.SparseTensor(features=batch["color"] - 0.5, coordinates=batch["coord"], device=self.device)
         rows_in = lookup_rows(x.C, batch["coord"].to(self.device))  # dataset voxel -> row of x (ME may reorder)
         h2d = self.image_encoder(images)["dense"]
@@ -87,22 +86,30 @@ class Text4PointPretraining(FrozenWeightsNotSaved, L.LightningModule):
         coarse = lookup_rows(feats.h3d.C, coarsen(x.C[fine], ENCODER_STRIDE))
         if (coarse < 0).any():
             raise RuntimeError("a voxel has no stride-16 parent in the encoder output: coordinate plan mismatch")
-        enc = _cells(pairs[:, 0], coarse, pairs[:, 2], pairs[:, 3], (H, W), h2d.shape[-2:])
+        enc_stride, dec_stride = self.feature_strides
+        enc = _cells(pairs[:, 0], coarse, pairs[:, 2], pairs[:, 3], enc_stride, h2d.shape[-2:])
         enc = sample_one_to_one(enc, self.hparams.num_pairs, generator)
         loss_enc = pixel_voxel_contrastive_loss(h2d[enc[:, 0], :, enc[:, 2], enc[:, 3]].float(),
                                                 feats.h3d_expanded[enc[:, 1]], self.hparams.temperature)
         # decoder level: voxel (stride 1) ↔ 2D decoder cell
-        dec = _cells(pairs[:, 0], fine, pairs[:, 2], pairs[:, 3], (H, W), z2d.shape[-2:])
+        dec = _cells(pairs[:, 0], fine, pairs[:, 2], pairs[:, 3], dec_stride, z2d.shape[-2:])
         dec = sample_one_to_one(dec, self.hparams.num_pairs, generator)
         loss_dec = pixel_voxel_contrastive_loss(z2d[dec[:, 0], :, dec[:, 2], dec[:, 3]], feats.z3d.F[dec[:, 1]],
                                                 self.hparams.temperature)
-        depth_full = F.interpolate(depth, size=(H, W), mode="bilinear", align_corners=False)[:, 0]
-        loss_depth = masked_l1(depth_full, batch["depth"].to(depth_full))
+        depth_px = upsample_to_pixels(depth, dec_stride)[:, 0, :images.shape[-2], :images.shape[-1]]
+        target = batch["depth"][:, :depth_px.shape[1], :depth_px.shape[2]]  # rows / columns the map covers
+        loss_depth = masked_l1(depth_px, target.to(depth_px))
         loss = loss_enc + loss_dec + self.hparams.depth_loss_weight * loss_depth
         with torch.no_grad():
             acc_enc = _match_accuracy(h2d[enc[:, 0], :, enc[:, 2], enc[:, 3]].float(), feats.h3d_expanded[enc[:, 1]])
         return {"loss": loss, "loss_enc": loss_enc, "loss_dec": loss_dec, "loss_depth": loss_depth,
                 "match_acc_enc": acc_enc, "pairs": torch.tensor(float(len(pairs)))}
+
+    @property
+    def feature_strides(self) -> tuple[int, int]:
+        """Pixel strides of the CLIP map h2D and of the decoder maps z2D and depth (``image_branch.pixel_cells``)."""
+        stride = self.image_encoder.output_stride
+        return stride, stride // self.image_decoder.upsampling
 
     def _pair_seed(self, batch: dict) -> int:
         """Seed of the pair sampling: per (seed, step, rank) in training; in evaluation per (seed, frames of the
@@ -165,10 +172,12 @@ class Text4PointPretraining(FrozenWeightsNotSaved, L.LightningModule):
         log_image(self.logger, "pairs/matched_voxels", overlay_points(image, rows, cols, depth), self.global_step)
 
 
-def _cells(b: torch.Tensor, voxel: torch.Tensor, row: torch.Tensor, col: torch.Tensor, image_hw, feature_hw) -> torch.Tensor:
-    """Pairs [M, 4] (batch, voxel row, feature row, feature col) at a feature map of size feature_hw."""
-    (H, W), (h, w) = image_hw, feature_hw
-    return torch.stack([b, voxel, row * h // H, col * w // W], 1)
+def _cells(b: torch.Tensor, voxel: torch.Tensor, row: torch.Tensor, col: torch.Tensor, stride: int,
+           feature_hw) -> torch.Tensor:
+    """Pairs [M', 4] (batch, voxel row, feature row, feature col) at a stride-``stride`` feature map of size
+    feature_hw, for the M' of the M pixel-voxel pairs whose pixel the map covers (``pixel_cells``)."""
+    cell_rows, cell_cols, covered = pixel_cells(row, col, stride, feature_hw)
+    return torch.stack([b, voxel, cell_rows, cell_cols], 1)[covered]
 
 
 def sample_one_to_one(pairs: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
