@@ -1,3 +1,3 @@
-from lang3d.cli import main
+from lang3d.cli import console_main
 
-main()
+console_main()

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorFn
 
 from lang3d.resume import CheckpointOnSigterm, RandomStateCheckpoint
+from lang3d.user_errors import report
+
+
+class DataRootError(FileNotFoundError):
+    """A data root named in the config does not exist."""
 
 
 def _import_project() -> None:
@@ -45,7 +51,35 @@ class _OwnHyperparameters(_InstantiatorFn):
         return super().__call__(class_type, *args, applied_instantiation_links=applied_instantiation_links, **kwargs)
 
 
+def missing_data_roots(node, key: str = "data") -> list[str]:
+    """``key: path (Class)`` for every ``root`` of a datamodule in the config node ``node`` (a class_path /
+    init_args namespace, nested ones included) that does not exist, except a class's own ``builtin_root``, which
+    its ``prepare_data`` writes."""
+    if not (hasattr(node, "get") and node.get("class_path") and node.get("init_args") is not None):
+        return []
+    module, _, name = node["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module), name, None) if module else None
+    init_args, missing = node["init_args"], []
+    root = init_args.get("root")
+    builtin = getattr(cls, "builtin_root", None)
+    if isinstance(root, str) and not Path(root).expanduser().exists() and \
+            not (builtin is not None and Path(root).resolve() == Path(builtin).resolve()):
+        missing.append(f"{key}.root: {root} ({name})")
+    for child_key, child in vars(init_args).items():
+        missing += missing_data_roots(child, f"{key}.{child_key}")
+    return missing
+
+
 class Lang3DCLI(LightningCLI):
+    def instantiate_classes(self) -> None:
+        """Reports a missing data root before any class is built (and so before any weights are loaded)."""
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        missing = missing_data_roots(config.get("data"))
+        if missing:
+            raise DataRootError("the data root does not exist: " + "; ".join(missing) +
+                                " (pass --data.root /path/to/the/dataset)")
+        super().instantiate_classes()
+
     def _add_instantiators(self) -> None:
         self.parser.add_instantiator(_OwnHyperparameters(cli=self, key="model"),
                                      _get_module_type(self._model_class), subclasses=self.subclass_mode_model)
@@ -66,5 +100,16 @@ def main(args: list[str] | None = None) -> None:
               trainer_defaults={"callbacks": [RandomStateCheckpoint(), CheckpointOnSigterm()]})
 
 
+def console_main() -> None:
+    """The ``lang3d`` / ``lightning`` commands: ``main`` on the command line's arguments; a failure raised by the
+    project's code is printed first, in a few lines (``lang3d.user_errors``), and exits with status 1."""
+    try:
+        main()
+    except Exception as error:  # anything else propagates with its traceback, as from main()
+        if not report(error):
+            raise
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    main()
+    console_main()

@@ -1,0 +1,74 @@
+"""A failing command reports the project's own message first, in a few lines (lang3d.user_errors)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lang3d.cli import missing_data_roots
+from lang3d.user_errors import project_error
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(*args, env=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "lang3d", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "Warning" not in line and "warnings.warn" not in line
+            and line.strip() and not line.startswith("Seed set")]
+
+
+def test_missing_data_root_is_reported_before_weights_are_loaded():
+    result = _run("fit", "-c", "configs/text4point/pretrain_scannet.yaml", "--data.root", "/nonexistent/scannet")
+    lines = _error_lines(result.stderr)
+    assert result.returncode == 1
+    assert lines[0].startswith("error: DataRootError") and "/nonexistent/scannet" in lines[0], lines
+    assert "CLIP" not in result.stderr and "Traceback" not in result.stderr
+    assert len(lines) <= 3, lines
+    log = lines[1].split("full traceback: ")[1].split(";")[0]
+    assert "Traceback" in Path(log).read_text()
+
+
+def test_weights_error_comes_first_not_the_union_message(tmp_path):
+    result = _run("fit", "-c", "configs/text4point/pretrain_scannet.yaml", "--data.root", str(tmp_path))
+    lines = _error_lines(result.stderr)
+    assert result.returncode == 1
+    assert lines[0].startswith("error: CLIPWeightsUnavailable") and "'RN50'" in lines[0], lines
+    assert "Union subtypes" not in result.stderr and len(lines) <= 3, lines
+    shown = _run("fit", "-c", "configs/text4point/pretrain_scannet.yaml", "--data.root", str(tmp_path),
+                 env={"LANG3D_TRACEBACK": "1"})
+    assert shown.returncode != 0 and "Traceback" in shown.stderr
+
+
+def test_project_error_is_found_through_wrapping_exceptions():
+    from lang3d.clip import CLIPLoadError, load_clip
+
+    try:
+        try:
+            load_clip("no-such-model", None)
+        except CLIPLoadError as inner:
+            raise ValueError("Does not validate against any of the Union subtypes") from inner
+    except ValueError as outer:
+        found = project_error(outer)
+    assert isinstance(found, CLIPLoadError) and "no-such-model" in str(found)
+    assert project_error(ValueError("not ours")) is None
+
+
+def test_missing_roots_are_found_in_nested_data_configs(tmp_path):
+    from jsonargparse import Namespace
+
+    def node(cls, **kw):
+        return Namespace(class_path=cls, init_args=Namespace(**kw))
+
+    data = node("pointbind.PointBindDataModule",
+                alignment=node("datamodules.cap3d.Cap3DDataModule", root=str(tmp_path / "no_cap3d")),
+                zeroshot=node("datamodules.modelnet40.ModelNet40DataModule", root=str(tmp_path)))
+    assert missing_data_roots(data) == [f"data.alignment.root: {tmp_path / 'no_cap3d'} (Cap3DDataModule)"]
+    from datamodules.cap3d.datamodule import Cap3DDataModule
+    builtin = node("datamodules.cap3d.Cap3DDataModule", root=str(Cap3DDataModule.builtin_root))
+    assert missing_data_roots(builtin) == []   # written by prepare_data
