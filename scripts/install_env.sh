@@ -24,5 +24,6 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q -r requirements.txt -r requirements-dev.txt
 "$PY" scripts/build_minkowski.py
 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
+bash scripts/check_lightning_command.sh "$VENV" || true   # warns when lightning-sdk owns the `lightning` script
 "$PY" -c "import MinkowskiEngine as ME, open_clip, lightning; print('lang3d environment ready: MinkowskiEngine', ME.__version__, '| CUDA' if ME.is_cuda_available() else '| CPU')"
 touch "$VENV/.lang3d-installed"
