@@ -91,6 +91,21 @@ def test_coordinates_at_the_int32_limits():
     assert lookup_rows(table.long(), query.long()).tolist() == dict_lookup(table, query)
 
 
+def test_packing_at_exactly_63_bits():
+    """Extents 2 · 2^21 · 2^20 · 2^21 = 2^63 (the largest packed range), at both ends of int32: the largest key
+    is 2^63 - 1 and every row is still found exactly."""
+    rng = np.random.default_rng(8)
+    low = np.array([0, INT32.max - 2**21 + 1, INT32.min, -(2**20)])
+    extent = np.array([2, 2**21, 2**20, 2**21])
+    corners = low + (extent - 1) * np.array([[0, 0, 0, 0], [1, 1, 1, 1], [1, 0, 1, 0], [0, 1, 0, 1]])
+    table = np.concatenate([corners, low + rng.integers(0, extent, (500, 4))])
+    table = torch.as_tensor(np.unique(table, axis=0), dtype=torch.int32)
+    near_miss = table.clone()
+    near_miss[:, 0] = 1 - near_miss[:, 0]
+    query = torch.cat([table[torch.as_tensor(rng.permutation(len(table)))], near_miss])
+    assert lookup_rows(table, query).tolist() == dict_lookup(table, query)
+
+
 def test_empty_inputs_and_wrong_types():
     table = torch.tensor([[0, 1, 2, 3]], dtype=torch.int32)
     empty = torch.zeros((0, 4), dtype=torch.int32)
