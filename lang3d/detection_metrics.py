@@ -3,14 +3,14 @@ detections to ground-truth boxes, VOC all-point average precision (``use_07_metr
 
 DDP: a detection only competes with detections of its own scene for that scene's ground truth, so matching
 each scene by descending score at ``update`` gives the same TP/FP flags as VoteNet's global sort. The states are
-then per-detection (score, label, TP flag per threshold) lists concatenated across processes, plus per-class
-ground-truth counts summed, and ``compute`` is exact under any split of the scenes. These per-detection states
-are 1-D float tensors because torchmetrics stands in an empty float tensor for a process that saw no data.
+then one entry per (detection, IoU threshold): score, label, threshold index and TP flag, concatenated across
+processes, plus per-class ground-truth and detection counts summed, and ``compute`` is exact under any split of
+the scenes. These entry states are 1-D float tensors because torchmetrics stands in an empty float tensor for a
+process that saw no data.
 
-A match needs IoU >= threshold (VoteNet's code has a strict >; the two differ only for IoUs exactly at a
-threshold). Tied scores are ordered false positives first, which makes the result independent of the order the
-processes' detections are gathered in (the curve is then that of the distinct score thresholds; VoteNet leaves
-ties to an unstable sort).
+A match needs IoU > threshold, strictly, as VoteNet's ``eval_det`` (``ovmax > ovthresh``). Tied scores are
+ordered false positives first, which makes the result independent of the order the processes' detections are
+gathered in (the curve is then that of the distinct score thresholds; VoteNet leaves ties to an unstable sort).
 """
 from __future__ import annotations
 
@@ -53,8 +53,8 @@ def greedy_match(iou: np.ndarray, thresholds: Sequence[float], best_unmatched: b
     match, e.g. another class, set negative) against G ground truths, at each of T thresholds.
 
     ``best_unmatched=False`` (VOC / VoteNet): a detection takes its best-IoU ground truth and is a TP if that IoU
-    >= t and the ground truth is still free. ``True`` (COCO / instance segmentation): it takes the best-IoU
-    ground truth among those still free, a TP if that IoU >= t."""
+    > t and the ground truth is still free. ``True`` (COCO style): it takes the best-IoU ground truth among those
+    still free, a TP if that IoU > t."""
     thr = np.asarray(thresholds, dtype=np.float64)
     num_det, num_gt = iou.shape
     tp = np.zeros((num_det, len(thr)), dtype=bool)
@@ -62,22 +62,24 @@ def greedy_match(iou: np.ndarray, thresholds: Sequence[float], best_unmatched: b
         return tp
     taken = np.zeros((len(thr), num_gt), dtype=bool)
     steps = np.arange(len(thr))
-    for d in np.nonzero(iou.max(1) >= thr.min())[0]:    # the others match nothing and leave the GT free
+    for d in np.nonzero(iou.max(1) > thr.min())[0]:     # the others match nothing and leave the GT free
         if best_unmatched:
             free = np.where(taken, -np.inf, iou[d][None, :])          # [T,G]
             best = free.argmax(1)
-            hit = free[steps, best] >= thr
+            hit = free[steps, best] > thr
         else:
             best = np.full(len(thr), iou[d].argmax())
-            hit = (iou[d, best] >= thr) & ~taken[steps, best]
+            hit = (iou[d, best] > thr) & ~taken[steps, best]
         tp[d] = hit
         taken[steps[hit], best[hit]] = True
     return tp
 
 
 class ScoredMatchMetric(Metric):
-    """Base of ``DetectionMAP`` and ``InstanceSegmentationMetrics``: per-detection states (score, label, TP flag per
-    IoU threshold) concatenated over scenes and processes, ground-truth counts per class summed."""
+    """Base of ``DetectionMAP`` and ``InstanceSegmentationMetrics``: one entry per scored prediction and IoU
+    threshold that the precision / recall curve counts (score, class, threshold index, TP flag), concatenated over
+    scenes and processes; ground-truth and prediction counts per class summed. A subclass adds a scene's entries
+    with ``_add_entries`` (or ``_add_greedy_scene``) and reads ``_per_class``."""
 
     is_differentiable = False
     higher_is_better = True
@@ -87,50 +89,65 @@ class ScoredMatchMetric(Metric):
         super().__init__(**kwargs)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{type(self).__name__}: {len(class_names)} class names for {num_classes} classes")
-        if len(iou_thresholds) == 0 or any(not 0 < t <= 1 for t in iou_thresholds):
-            raise ValueError(f"{type(self).__name__}: IoU thresholds must lie in (0, 1], got {iou_thresholds}")
+        if len(iou_thresholds) == 0 or any(not 0 < t < 1 for t in iou_thresholds):
+            raise ValueError(f"{type(self).__name__}: IoU thresholds must lie in (0, 1) (a match needs IoU > "
+                             f"threshold), got {iou_thresholds}")
         self.num_classes = num_classes
         self.iou_thresholds = tuple(float(t) for t in iou_thresholds)
         self.class_names = list(class_names) if class_names is not None else [str(k) for k in range(num_classes)]
-        for name in ("scores", "labels", "tp"):
+        for name in ("entry_scores", "entry_labels", "entry_thresholds", "entry_tp"):
             self.add_state(name, [], dist_reduce_fx="cat")
         self.add_state("num_gt", torch.zeros(num_classes, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("num_pred", torch.zeros(num_classes, dtype=torch.int64), dist_reduce_fx="sum")
 
     def _check_labels(self, what: str, labels: torch.Tensor) -> None:
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ValueError(f"{type(self).__name__}.update: {what} must lie in [0, {self.num_classes}), got "
                              f"{labels.min().item()}..{labels.max().item()}")
 
-    def _add_scene(self, scores: torch.Tensor, labels: torch.Tensor, iou: torch.Tensor, gt_labels: torch.Tensor,
-                   best_unmatched: bool) -> None:
-        """One scene: detections scores [D], labels [D]; iou [D,G] with its ground truths of labels [G]."""
+    def _add_entries(self, scores, labels, thresholds, tp, gt_labels: torch.Tensor, pred_labels: torch.Tensor) -> None:
+        """One scene's curve entries: scores, labels (class), thresholds (index into ``iou_thresholds``), tp (bool),
+        each [E] (arrays or tensors); its ground truths' labels [G] and its predictions' labels [I] (counts)."""
+        device = self.num_gt.device
+        for name, values in (("entry_scores", scores), ("entry_labels", labels), ("entry_thresholds", thresholds),
+                             ("entry_tp", tp)):
+            getattr(self, name).append(torch.as_tensor(np.asarray(values), dtype=torch.float32, device=device))
+        self.num_gt += torch.bincount(gt_labels.long().cpu(), minlength=self.num_classes).to(device)
+        self.num_pred += torch.bincount(pred_labels.long().cpu(), minlength=self.num_classes).to(device)
+
+    def _add_greedy_scene(self, scores: torch.Tensor, labels: torch.Tensor, iou: torch.Tensor,
+                          gt_labels: torch.Tensor, best_unmatched: bool) -> None:
+        """One scene matched by descending score (``greedy_match``): detections scores [D], labels [D]; iou [D,G]
+        with its ground truths of labels [G]. Every detection is an entry at every threshold."""
         order = torch.sort(scores, descending=True, stable=True).indices
         scores, labels, iou = scores[order], labels[order], iou[order]
         iou = iou.double().masked_fill(labels[:, None] != gt_labels[None, :], -1.0)   # other classes never match
-        tp = greedy_match(iou.cpu().numpy(), self.iou_thresholds, best_unmatched)
-        self.scores.append(scores.detach().float())
-        self.labels.append(labels.float())
-        self.tp.append(torch.as_tensor(tp.reshape(-1), dtype=torch.float32, device=scores.device))
-        self.num_gt += torch.bincount(gt_labels, minlength=self.num_classes).to(self.num_gt.device)
+        tp = greedy_match(iou.cpu().numpy(), self.iou_thresholds, best_unmatched)    # [D,T]
+        num_t = len(self.iou_thresholds)
+        self._add_entries(np.repeat(scores.detach().double().cpu().numpy(), num_t),
+                          np.repeat(labels.cpu().numpy(), num_t), np.tile(np.arange(num_t), len(scores)),
+                          tp.reshape(-1), gt_labels, labels)
 
-    def _per_class(self) -> dict[str, torch.Tensor]:
-        """ap, recall, tp_count [T,K] float64 (NaN where the class has no ground truth), num_pred [K], num_gt [K]."""
+    def _per_class(self, average_precision_fn=None) -> dict[str, torch.Tensor]:
+        """ap, recall, tp_count [T,K] float64 (ap, recall NaN where the class has no ground truth), num_pred [K],
+        num_gt [K]. ``average_precision_fn(scores, tp, num_gt) -> (AP, recall)``: default ``ap_from_matches``."""
+        average_precision_fn = average_precision_fn or ap_from_matches
+
         def cat(state):
             return dim_zero_cat(state).cpu() if len(state) else torch.zeros(0)
-        scores, labels = cat(self.scores), cat(self.labels).long()
-        tp = cat(self.tp).view(-1, len(self.iou_thresholds)).bool()
+        scores, labels = cat(self.entry_scores), cat(self.entry_labels).long()
+        thresholds, tp = cat(self.entry_thresholds).long(), cat(self.entry_tp).bool()
         shape = (len(self.iou_thresholds), self.num_classes)
-        ap, recall = torch.full(shape, float("nan"), dtype=torch.float64), torch.full(shape, float("nan"),
-                                                                                       dtype=torch.float64)
+        ap, recall = (torch.full(shape, float("nan"), dtype=torch.float64) for _ in range(2))
+        tp_count = torch.zeros(shape, dtype=torch.float64)
         num_gt = self.num_gt.cpu()
-        for k in range(self.num_classes):
-            mine = labels == k
-            for t in range(len(self.iou_thresholds)):
-                ap[t, k], recall[t, k] = ap_from_matches(scores[mine], tp[mine, t], int(num_gt[k]))
-        tp_count = torch.stack([torch.bincount(labels[tp[:, t]], minlength=self.num_classes)
-                                for t in range(len(self.iou_thresholds))]).double()
-        return {"ap": ap, "recall": recall, "tp_count": tp_count,
-                "num_pred": torch.bincount(labels, minlength=self.num_classes), "num_gt": num_gt}
+        for t in range(len(self.iou_thresholds)):
+            at_t = thresholds == t
+            tp_count[t] = torch.bincount(labels[at_t & tp], minlength=self.num_classes).double()
+            for k in range(self.num_classes):
+                mine = at_t & (labels == k)
+                ap[t, k], recall[t, k] = average_precision_fn(scores[mine], tp[mine], int(num_gt[k]))
+        return {"ap": ap, "recall": recall, "tp_count": tp_count, "num_pred": self.num_pred.cpu(), "num_gt": num_gt}
 
     def named_scores(self, result: dict[str, torch.Tensor]) -> dict[str, float]:
         """``compute()``'s result flattened for logging: scalars as they are, per-class [K] entries as
@@ -176,7 +193,7 @@ class DetectionMAP(ScoredMatchMetric):
             iou = torch.full((len(boxes), len(gt_boxes)), -1.0, dtype=torch.float64, device=boxes.device)
             rows = torch.isin(labels, gt_labels)
             iou[rows] = box_iou(boxes[rows], gt_boxes, self.oriented).double()
-            self._add_scene(pred["scores"], labels, iou, gt_labels, best_unmatched=False)
+            self._add_greedy_scene(pred["scores"], labels, iou, gt_labels, best_unmatched=False)
 
     def compute(self) -> dict[str, torch.Tensor]:
         table = self._per_class()

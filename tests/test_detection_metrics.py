@@ -75,14 +75,17 @@ def test_tied_scores_count_false_positives_first_in_any_order():
         assert float(metric.compute()["map@0.5"]) == pytest.approx(0.5)
 
 
-def test_iou_exactly_at_the_threshold_matches():
-    # 5 m long boxes 3 m apart: intersection 2 m³, union 8 m³, IoU exactly 0.25
-    preds = [dict(boxes=torch.tensor([[3.0, 0, 0, 5, 1, 1, 0]]), scores=torch.ones(1), labels=torch.tensor([0]))]
-    targets = [dict(boxes=torch.tensor([[0.0, 0, 0, 5, 1, 1, 0]]), labels=torch.tensor([0]))]
-    metric = DetectionMAP(1)
-    metric.update(preds, targets)
-    out = metric.compute()
-    assert float(out["map@0.25"]) == 1.0 and float(out["map@0.5"]) == 0.0
+@pytest.mark.parametrize("oriented", [False, True])
+def test_iou_exactly_at_the_threshold_does_not_match(oriented):
+    # VoteNet's eval_det matches on ovmax > ovthresh. 5 m long boxes 3 m apart: intersection 2 m³, union 8 m³,
+    # IoU exactly 0.25: no match at 0.25; 2.5 m apart, IoU 2.5 / 7.5 = 1/3: a match at 0.25 only
+    target = [dict(boxes=torch.tensor([[0.0, 0, 0, 5, 1, 1, 0]]), labels=torch.tensor([0]))]
+    for shift, ap25 in ((3.0, 0.0), (2.5, 1.0)):
+        preds = [dict(boxes=torch.tensor([[shift, 0, 0, 5, 1, 1, 0]]), scores=torch.ones(1), labels=torch.tensor([0]))]
+        metric = DetectionMAP(1, oriented=oriented)
+        metric.update(preds, target)
+        out = metric.compute()
+        assert float(out["map@0.25"]) == ap25 and float(out["map@0.5"]) == 0.0
 
 
 def random_scenes(rng, num_scenes, num_classes):
@@ -108,7 +111,7 @@ def random_scenes(rng, num_scenes, num_classes):
 
 def votenet_eval_det_cls(preds, targets, cls, threshold, oriented):
     """VoteNet's eval_det_cls: detections of all scenes sorted by score, each takes its best-IoU GT of the class
-    in its scene; TP if IoU >= threshold and that GT is still free. Returns (AP, final recall) with plain loops."""
+    in its scene; TP if IoU > threshold and that GT is still free. Returns (AP, final recall) with plain loops."""
     gt = {s: t["boxes"][t["labels"] == cls] for s, t in enumerate(targets)}
     used = {s: [False] * len(b) for s, b in gt.items()}
     dets = [(float(p["scores"][i]), s, p["boxes"][i]) for s, p in enumerate(preds)
@@ -121,7 +124,7 @@ def votenet_eval_det_cls(preds, targets, cls, threshold, oriented):
     for _, s, box in dets:
         ious = [box_iou(box[None], g[None], oriented).item() for g in gt[s]]
         j = int(np.argmax(ious)) if ious else -1
-        hit = j >= 0 and ious[j] >= threshold and not used[s][j]
+        hit = j >= 0 and ious[j] > threshold and not used[s][j]
         if hit:
             used[s][j] = True
         tp.append(float(hit))

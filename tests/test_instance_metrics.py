@@ -1,13 +1,23 @@
-"""Instance segmentation scores: a hand-scored scene, the matching rule, region-size filtering, a plain-Python
-reference (point sets, global sort, greedy matching) on random scenes, and exact state merging."""
+"""Instance segmentation scores. The ScanNet benchmark convention (default): golden values of the official
+``evaluate_semantic_instance.py`` on generated scenes (tests/data/scannet_instance_eval, made by its
+make_fixture.py) and a hand-scored scene. The former greedy / VOC convention: a hand-scored scene, the matching
+rule, region-size filtering and a plain-Python reference on random scenes. Both: exact state merging."""
+import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from lang3d.detection_metrics import average_precision
-from lang3d.instance_metrics import IOU_THRESHOLDS, InstanceSegmentationMetrics
+from lang3d.instance_metrics import GREEDY_VOC_THRESHOLDS, InstanceSegmentationMetrics
+
+FIXTURE = Path(__file__).parent / "data" / "scannet_instance_eval"
+
+
+def greedy_voc(num_classes, **kwargs):
+    return InstanceSegmentationMetrics(num_classes, convention="greedy_voc", min_region_size=1, **kwargs)
 
 
 def masks(num_points, *point_lists):
@@ -17,7 +27,7 @@ def masks(num_points, *point_lists):
     return out
 
 
-def test_hand_made_scene():
+def test_greedy_voc_hand_made_scene():
     # 20 points: instance 0 = points 0-4 (class 0; point 4 labelled 1, outvoted), instance 1 = 5-9 (class 0),
     # instance 2 = 10-14 (class 1), points 15-17 no instance, instance 7 = 18-19 (ignored label: left out)
     gt_instance = torch.tensor([0] * 5 + [1] * 5 + [2] * 5 + [-1] * 3 + [7] * 2)
@@ -28,7 +38,7 @@ def test_hand_made_scene():
                  range(10, 15),              # class 0, .6: on the class-1 instance: FP
                  [10, 11, 12, 13, 16, 17],   # class 1, .5: IoU 4/7 with instance 2: TP up to 0.55
                  range(15, 20))              # class 2, .95: no class-2 instance: FP
-    metric = InstanceSegmentationMetrics(3, class_names=["chair", "table", "sofa"])
+    metric = greedy_voc(3, class_names=["chair", "table", "sofa"])
     metric.update(pred, torch.tensor([0, 0, 0, 0, 1, 2]), torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.95]),
                   gt_instance, gt_semantic)
     out = metric.compute()
@@ -46,29 +56,29 @@ def test_hand_made_scene():
     assert metric.named_scores(out)["ap@0.5/table"] == pytest.approx(1.0)
 
 
-def test_a_prediction_takes_the_best_still_unmatched_instance():
+def test_greedy_voc_prediction_takes_the_best_still_unmatched_instance():
     # instances A = points 0-3 and B = 4-7, class 0. The second prediction (points 1-5) has IoU 3/6 with the taken
     # A and 2/7 with B: at 0.25 it matches B (TP), at 0.5 it is a FP
     gt_instance = torch.tensor([0] * 4 + [1] * 4)
-    metric = InstanceSegmentationMetrics(1, iou_thresholds=(0.25, 0.5))
+    metric = greedy_voc(1, iou_thresholds=(0.25, 0.5))
     metric.update(masks(8, range(0, 4), range(1, 6)), torch.tensor([0, 0]), torch.tensor([0.9, 0.8]),
                   gt_instance, torch.zeros(8, dtype=torch.int64))
     out = metric.compute()
     assert float(out["ap@0.5"]) == pytest.approx(0.5) and float(out["map"]) == pytest.approx((1.0 + 0.5) / 2)
 
 
-def test_small_regions_are_dropped():
+def test_greedy_voc_small_regions_are_dropped():
     # instance A = 0-3, B = 4-5 (2 points). Predictions: on A (.5), on B (.6), on B plus 2 more points (.9)
     gt_instance = torch.tensor([0] * 4 + [1] * 2 + [-1] * 2)
     args = (masks(8, range(0, 4), [4, 5], range(4, 8)), torch.zeros(3, dtype=torch.int64),
             torch.tensor([0.5, 0.6, 0.9]), gt_instance, torch.zeros(8, dtype=torch.int64))
-    small = InstanceSegmentationMetrics(1, min_region_size=3)
+    small = InstanceSegmentationMetrics(1, convention="greedy_voc", min_region_size=3)
     small.update(*args)
     out = small.compute()   # B and the prediction on B dropped; the .9 prediction is then a FP before the TP
     assert float(out["prec@0.5"]) == 0.5 and float(out["rec@0.5"]) == 1.0 and float(out["ap@0.5"]) == 0.5
-    every = InstanceSegmentationMetrics(1)
+    every = greedy_voc(1)
     every.update(*args)
-    out = every.compute()   # .9 prediction: IoU 2/4 with B: TP; the .6 one a duplicate of it: FP
+    out = every.compute()   # .9 prediction: IoU 2/4 with B, not above 0.5: FP; the .6 and .5 ones: TP
     assert float(out["prec@0.5"]) == pytest.approx(2 / 3) and float(out["rec@0.5"]) == 1.0
 
 
@@ -116,7 +126,7 @@ def reference_scores(scenes, num_classes, thresholds):
                     iou = len(points & gpoints) / len(points | gpoints)
                     if iou > best_iou:
                         best, best_iou = g, iou
-            flags[k].append(best is not None and best_iou >= t)
+            flags[k].append(best is not None and best_iou > t)
             if flags[k][-1]:
                 taken.add(best)
         for k in range(num_classes):
@@ -129,14 +139,14 @@ def reference_scores(scenes, num_classes, thresholds):
         np.array([sum(d[2] == k for d in dets) for k in range(num_classes)])
 
 
-def test_matches_a_plain_reference_on_random_scenes():
+def test_greedy_voc_matches_a_plain_reference_on_random_scenes():
     rng = np.random.default_rng(7)
     scenes = [random_scene(rng) for _ in range(5)]
-    metric = InstanceSegmentationMetrics(3)
+    metric = greedy_voc(3)
     for scene in scenes:
         metric.update(*scene)
     out = metric.compute()
-    ap, tp_at, num_gt, num_pred = reference_scores(scenes, 3, IOU_THRESHOLDS)
+    ap, tp_at, num_gt, num_pred = reference_scores(scenes, 3, GREEDY_VOC_THRESHOLDS)
     np.testing.assert_allclose(out["ap"].numpy(), ap.mean(0), atol=1e-12)
     np.testing.assert_allclose(out["ap@0.5"].numpy(), ap[0], atol=1e-12)
     np.testing.assert_allclose(out["prec@0.5"].numpy(), tp_at[0] / num_pred, atol=1e-12)
@@ -145,10 +155,12 @@ def test_matches_a_plain_reference_on_random_scenes():
     assert 0.1 < float(out["map"]) < float(out["map@0.5"]) < 1      # neither trivial nor perfect
 
 
-def test_merged_state_equals_one_pass():
+@pytest.mark.parametrize("convention", ["scannet", "greedy_voc"])
+def test_merged_state_equals_one_pass(convention):
     rng = np.random.default_rng(8)
     scenes = [random_scene(rng) for _ in range(6)]
-    whole, first, second = (InstanceSegmentationMetrics(3) for _ in range(3))
+    whole, first, second = (InstanceSegmentationMetrics(3, convention=convention, min_region_size=3)
+                            for _ in range(3))
     for i, scene in enumerate(scenes):
         whole.update(*scene)
         (first if i % 2 else second).update(*scene)
@@ -169,5 +181,108 @@ def test_bad_inputs_are_named():
         metric.update(**{**ok, "gt_semantic": torch.full((4,), 2)})
     with pytest.raises(ValueError, match="pred_labels"):
         metric.update(**{**ok, "pred_labels": torch.tensor([-1])})
-    with pytest.raises(ValueError, match="must include 0.5"):
-        InstanceSegmentationMetrics(2, iou_thresholds=(0.25,))
+    with pytest.raises(ValueError, match="convention must be one of"):
+        InstanceSegmentationMetrics(2, convention="coco")
+    with pytest.raises(ValueError, match=r"must lie in \(0, 1\)"):
+        InstanceSegmentationMetrics(2, iou_thresholds=(0.5, 1.0))
+
+
+def test_scannet_hand_made_scene():
+    # 26 points: A = 0-5 (id 10) and B = 6-11 (id 11) of class 0, a 2-point class-0 instance 12-13 (id 12: below
+    # min_region_size 3, not counted), void: 14-17 (id 20, ignored label) and 18-19 (no id); C = 20-25 (class 1)
+    gt_instance = torch.tensor([10] * 6 + [11] * 6 + [12] * 2 + [20] * 4 + [-1] * 2 + [30] * 6)
+    gt_semantic = torch.tensor([0] * 14 + [-1] * 6 + [1] * 6)
+    p0 = list(range(0, 10))                 # A and most of B: IoU .6 with A, 4/12 with B
+    p1 = list(range(0, 5))                  # IoU 5/6 with A
+    p2 = list(range(6, 12))                 # B exactly
+    p3 = list(range(14, 20))                # all void: excused at every threshold
+    p4 = [14, 15, 10, 11]                   # half void, IoU 2/8 with B: excused at .25, a FP at .5
+    p5 = [12, 13, 18]                       # IoU 2/3 with the small instance: excused (never a FP) below 2/3
+    labels = torch.tensor([0, 0, 0, 0, 0, 0, 1])
+    scores = {"p0": 0.5, "p1": 0.9, "p2": 0.4, "p3": 0.8, "p4": 0.7, "p5": 0.95, "p6": 0.6}
+
+    def score(order):
+        masks_of = dict(p0=p0, p1=p1, p2=p2, p3=p3, p4=p4, p5=p5, p6=p3)   # p6: class 1, all void
+        metric = InstanceSegmentationMetrics(2, iou_thresholds=(0.5,), min_region_size=3)
+        metric.update(masks(26, *(masks_of[n] for n in order)), labels, torch.tensor([scores[n] for n in order]),
+                      gt_instance, gt_semantic)
+        return metric.compute()
+    # at .5, A takes p1 (first in order) and keeps the best score of p1 and p0, p0 a FP at .5: entries TP .9,
+    # FP .7 (p4), FP .5, TP .4 (p2). Precision / recall at each score: (1, .5), (.5, .5), (1/3, .5), (.5, 1); with
+    # (recall 0, precision 1) the trapezoids give .5 + .5 (1/3 + 1/2) / 2 = 17/24 (the VOC envelope gives .75)
+    out = score(["p1", "p0", "p2", "p3", "p4", "p5", "p6"])
+    np.testing.assert_allclose(out["ap@0.5"].numpy(), [17 / 24, 0.0], atol=1e-12)   # class 1: all excused -> 0
+    # at .25, A is matched by p1 (first), p0 (a FP there) stays free and matches B (TP with .5, p2 a FP at .4):
+    # entries TP .9, FP .5, TP .5, FP .4 -> points (.5, 1), (1, 2/3), (1, .5): AP .5 + .5 (1 + 2/3) / 2 = 11/12
+    np.testing.assert_allclose(out["ap@0.25"].numpy(), [11 / 12, 0.0], atol=1e-12)
+    np.testing.assert_allclose(out["prec@0.5"].numpy(), [2 / 6, 0.0], atol=1e-12)
+    np.testing.assert_allclose(out["rec@0.5"].numpy(), [1.0, 0.0], atol=1e-12)
+    assert float(out["map"]) == pytest.approx(17 / 48) and float(out["map@0.25"]) == pytest.approx(11 / 24)
+    # the benchmark's order, not the scores, decides at .25: with p0 first it takes A, and p2 alone matches B:
+    # TP .9, FP .5, TP .4 -> (.5, 1), (.5, .5), (1, 2/3): AP .5 + .5 (1/2 + 2/3) / 2 = 19/24
+    out = score(["p0", "p1", "p2", "p3", "p4", "p5", "p6"])
+    np.testing.assert_allclose(out["ap@0.25"].numpy(), [19 / 24, 0.0], atol=1e-12)
+    np.testing.assert_allclose(out["ap@0.5"].numpy(), [17 / 24, 0.0], atol=1e-12)
+
+
+def fixture_scenes(arrays, case, num_scenes, class_ids):
+    """The fixture's scenes in ``update``'s arguments: class index = position of the label id in class_ids;
+    ground-truth ids kept as instance ids (0 -> -1), classes outside class_ids -> -1 (void)."""
+    index = {cid: k for k, cid in enumerate(class_ids)}
+    for s in range(num_scenes):
+        key = f"c{case}_s{s}"
+        gt_ids, num_verts = arrays[f"{key}_gt_ids"], int(arrays[f"{key}_num_verts"])
+        pred = np.unpackbits(arrays[f"{key}_pred_masks"], axis=1, count=num_verts).astype(bool)
+        labels = [index[int(c)] for c in arrays[f"{key}_pred_label_ids"]]
+        yield (torch.as_tensor(pred), torch.tensor(labels), torch.as_tensor(arrays[f"{key}_pred_scores"]),
+               torch.as_tensor(np.where(gt_ids > 0, gt_ids, -1)),
+               torch.tensor([index.get(int(c), -1) for c in gt_ids // 1000]))
+
+
+def official_results():
+    expected = json.loads((FIXTURE / "expected.json").read_text())
+    arrays = np.load(FIXTURE / "cases.npz")
+    for c, case in enumerate(expected["cases"]):
+        ap = np.array([[np.nan if v is None else v for v in row] for row in case["ap"]])   # [class, overlap]
+        yield (list(fixture_scenes(arrays, c, case["num_scenes"], expected["valid_class_ids"])), ap,
+               case["averages"], case, expected)
+
+
+def test_scannet_convention_reproduces_the_official_script():
+    cases = 0
+    for scenes, ap, averages, case, expected in official_results():
+        num_classes, overlaps = len(expected["valid_class_ids"]), expected["overlaps"]
+        metric = InstanceSegmentationMetrics(num_classes, min_region_size=expected["min_region_size"])
+        for scene in scenes:
+            metric.update(*scene)
+        out = metric.compute()
+        averaged = [o for o, t in enumerate(overlaps) if t > 0.45]           # 0.50 ... 0.90
+        np.testing.assert_allclose(out["ap"].numpy(), ap[:, averaged].mean(1), atol=1e-9)
+        np.testing.assert_allclose(out["ap@0.5"].numpy(), ap[:, overlaps.index(0.5)], atol=1e-9)
+        np.testing.assert_allclose(out["ap@0.25"].numpy(), ap[:, overlaps.index(0.25)], atol=1e-9)
+        for key, name in (("map", "all_ap"), ("map@0.5", "all_ap_50%"), ("map@0.25", "all_ap_25%")):
+            assert float(out[key]) == pytest.approx(averages[name], abs=1e-9), key
+        for o, t in enumerate(overlaps):                                     # each threshold on its own
+            alone = InstanceSegmentationMetrics(num_classes, iou_thresholds=(round(t, 2),),
+                                                min_region_size=expected["min_region_size"])
+            for scene in scenes:
+                alone.update(*scene)
+            np.testing.assert_allclose(alone.compute()["ap"].numpy(), ap[:, o], atol=1e-9, err_msg=f"IoU {t}")
+        if "official_error" in case:      # the class whose predictions are all excused: official IndexError
+            k = expected["valid_class_ids"].index(case["scored_without_label_id"])
+            assert float(out["ap"][k]) == 0.0 and metric.num_pred[k] > 0
+        cases += 1
+    assert cases == 7
+
+
+def test_greedy_voc_is_not_the_benchmark():
+    differ = 0
+    for scenes, ap, _, _, expected in official_results():
+        metric = InstanceSegmentationMetrics(len(expected["valid_class_ids"]), convention="greedy_voc",
+                                             iou_thresholds=(0.5,), min_region_size=expected["min_region_size"])
+        for scene in scenes:
+            metric.update(*scene)
+        out = metric.compute()
+        official = ap[:, expected["overlaps"].index(0.5)]
+        differ += not np.allclose(out["ap@0.5"].numpy(), official, atol=1e-6, equal_nan=True)
+    assert differ >= 4

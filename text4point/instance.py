@@ -80,6 +80,8 @@ class Text4PointInstanceSegmentation(L.LightningModule):
         test_score_threshold: proposals scoring below are dropped at evaluation; nms_iou: mask-NMS IoU threshold
             (null: no NMS).
         offset_loss_weight, score_loss_weight: weights of (L_reg + L_dir) and the ScoreNet BCE.
+        eval_convention, eval_min_region_size: ``lang3d.instance_metrics.InstanceSegmentationMetrics``'s
+            convention ("scannet": the ScanNet benchmark's script; "greedy_voc") and minimum region size (points).
     """
 
     def __init__(self, class_names: list[str], clip_model: str = "RN50", clip_pretrained: str | None = "openai",
@@ -92,7 +94,8 @@ class Text4PointInstanceSegmentation(L.LightningModule):
                  score_loss_weight: float = 1.0, aux_loss_weight: float = 1.0, aux_temperature: float = 0.07,
                  aux_radius_voxels: float = 8.0, ignore_index: int = -1, lr: float = 0.1, momentum: float = 0.9,
                  weight_decay: float = 1e-4, poly_power: float = 0.9, stem_kernel_size: int = 3,
-                 bn_momentum: float = 0.05, log_point_cloud_every_n_epochs: int = 1):
+                 bn_momentum: float = 0.05, log_point_cloud_every_n_epochs: int = 1,
+                 eval_convention: str = "scannet", eval_min_region_size: int = 100):
         super().__init__()
         self.save_hyperparameters()
         self.class_names = list(class_names)
@@ -110,8 +113,9 @@ class Text4PointInstanceSegmentation(L.LightningModule):
             "offset": nn.Sequential(nn.Linear(c, c), nn.BatchNorm1d(c, momentum=bn_momentum), nn.ReLU(),
                                     nn.Linear(c, 3))})
         self.score_net = ScoreNet(c, score_hidden)
-        self.val_metrics = InstanceSegmentationMetrics(k, self.class_names)
-        self.test_metrics = InstanceSegmentationMetrics(k, self.class_names)
+        self.val_metrics, self.test_metrics = (
+            InstanceSegmentationMetrics(k, self.class_names, eval_convention, min_region_size=eval_min_region_size)
+            for _ in range(2))
         self._shown_room: dict | None = None
         self._instances_dir = None  # set at test start (lang3d.outputs.run_output_dir)
 
@@ -267,8 +271,8 @@ class Text4PointInstanceSegmentation(L.LightningModule):
     # ---------------------------------------------------------------- reporting
     def _log_scores(self, stage: str, metrics: InstanceSegmentationMetrics) -> None:
         scores = metrics.compute()
-        self.log_dict({f"{stage}/{key}": scores[key].float() for key in ("map", "map@0.5", "mprec@0.5", "mrec@0.5")
-                       if not torch.isnan(scores[key])})
+        keys = ("map", "map@0.5", "map@0.25", "mprec@0.5", "mrec@0.5")
+        self.log_dict({f"{stage}/{key}": scores[key].float() for key in keys if not torch.isnan(scores[key])})
         self.log_dict({f"{stage}_ap50/{name}": scores["ap@0.5"][i].float() for i, name in enumerate(self.class_names)
                        if not torch.isnan(scores["ap@0.5"][i])})
         metrics.reset()
