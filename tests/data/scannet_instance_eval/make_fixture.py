@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -59,7 +60,6 @@ VOID_IDS = [1, 2]                  # wall, floor: annotated instances of classes
 
 def load_official(scannet_git: Path, workdir: Path, data_dir: Path):
     """The ported official module, imported with its command line pointing at ``data_dir``."""
-    import re
     for path in FILES:
         text = subprocess.run(["git", "--git-dir", str(scannet_git), "show", f"{COMMIT}:{path}"], check=True,
                               capture_output=True, text=True).stdout
