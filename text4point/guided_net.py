@@ -15,6 +15,7 @@ from torch import nn
 
 from lang3d.checkpoint import load_pretrained_weights
 from lang3d.clip import CLIPTextEncoder, load_clip
+from lang3d.convert.pointcontrast import is_res16unet_file, load_res16unet_weights
 from lang3d.prompt_learner import PROMPT_KINDS, build_class_embeddings
 from lang3d.sparse_index import lookup_rows
 from text4point.aux_loss import auxiliary_loss, pseudo_labels
@@ -43,7 +44,10 @@ class LanguageGuidedNet(nn.Module):
             (learnable random embeddings: the paper's Table 6 control).
         use_tqm: the Text Querying Module (off: the plain SR-UNet baseline).
         pretrained: a Text4Point pre-training checkpoint whose 3D network is loaded by name; tensors under
-            ``reinit_prefixes`` whose shape differs (the task head) stay re-initialised. None: from scratch.
+            ``reinit_prefixes`` whose shape differs (the task head) stay re-initialised. Or a PointContrast / CSC
+            Res16UNet34C file (path, tag such as ``pointcontrast_nce``, or its ``lang3d convert`` output): only the
+            SR-UNet34 is loaded, converted from ME 0.4's layout (``lang3d.convert.pointcontrast``). None: from
+            scratch.
     """
 
     def __init__(self, class_names: list[str], out_channels: int, clip_model: str = "RN50",
@@ -60,7 +64,10 @@ class LanguageGuidedNet(nn.Module):
         self.text = build_class_embeddings(text_mode, text_encoder, list(class_names), **options)
         self.net = Text4PointNet(in_channels, out_channels, text_encoder.embed_dim, use_tqm=use_tqm,
                                  tqm_heads=tqm_heads, stem_kernel_size=stem_kernel_size, bn_momentum=bn_momentum)
-        if pretrained:
+        if pretrained and is_res16unet_file(pretrained):
+            report = load_res16unet_weights(self.net.backbone, pretrained)
+            rank_zero_info(f"SR-UNet34 weights from {pretrained} (PointContrast / CSC):\n{report.summary()}")
+        elif pretrained:
             report = load_pretrained_weights(self.net, pretrained, prefix="net.", reinit_prefixes=reinit_prefixes)
             rank_zero_info(f"Text4Point weights from {pretrained}:\n{report.summary()}")
 
