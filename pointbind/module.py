@@ -25,6 +25,7 @@ from pointbind.arithmetic import composed_retrieval
 from pointbind.clip_image import CLIPImageEncoder
 from pointbind.encoders import build_encoder
 from pointbind.head import LogitScale, ProjectionHead
+from pointbind.pretrained import load_encoder, load_release
 from pointbind.loss import alignment_loss
 from pointbind.retrieval import EmbeddingBank, retrieval_scores
 from pointbind.zeroshot import class_text_embeddings, topk_accuracy, zero_shot_logits
@@ -50,6 +51,14 @@ class PointBindAlignment(FrozenWeightsNotSaved, L.LightningModule):
             scale. warmup_steps linear from 0, then cosine down to min_lr.
         retrieval_ks: the K of recall@K. log_embeddings: shapes whose embeddings go to TensorBoard's projector
             at the end of each zero-shot evaluation (0: none).
+        projection_norm_eps: eps of the projection's LayerNorm (1e-6: ImageBind's ``modality_head_point``).
+        pretrained: a released Point-Bind model (path or tag ``pointbind_i2pmae`` / ``pointbind_pointbert``; the
+            official file or its ``lang3d convert`` output): encoder, projection and logit scale, loaded strictly.
+            It lives in ImageBind's 1024-d space (configs/pointbind_imagebind.yaml).
+        encoder_init: a pre-trained 3D encoder to start from (path or tag ``i2pmae_pretrain`` /
+            ``pointbert_pretrain``: I2P-MAE's or Point-BERT's pre-training checkpoint, or a converted file).
+            None (both): random initialisation. Both are loaded when a run starts (``load_published``), unless it
+            restores a checkpoint; see ``pointbind.pretrained``.
     """
 
     frozen_prefixes = ("text_encoder.", "image_encoder.")
@@ -59,7 +68,8 @@ class PointBindAlignment(FrozenWeightsNotSaved, L.LightningModule):
                  image_loss_weight: float = 1.0, zeroshot_class_names: list[str] | None = None,
                  zeroshot_templates: list[str] | None = None, embedding_cache: str | None = None, lr: float = 3e-3,
                  weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.98), warmup_steps: int = 1000,
-                 min_lr: float = 1e-5, retrieval_ks: tuple[int, ...] = (1, 5, 10), log_embeddings: int = 1000):
+                 min_lr: float = 1e-5, retrieval_ks: tuple[int, ...] = (1, 5, 10), log_embeddings: int = 1000,
+                 projection_norm_eps: float = 1e-6, pretrained: str | None = None, encoder_init: str | None = None):
         super().__init__()
         self.save_hyperparameters()
         clip, tokenizer = load_clip(clip_model, clip_pretrained)  # first: a random-init CLIP depends on the seed only
@@ -67,8 +77,12 @@ class PointBindAlignment(FrozenWeightsNotSaved, L.LightningModule):
         self.text_encoder = CLIPTextEncoder(clip, tokenizer)
         self.image_encoder = CLIPImageEncoder(clip)
         self.head = ProjectionHead(self.encoder.out_dim, self.text_encoder.embed_dim, projection_hidden,
-                                   projection_dropout)
+                                   projection_dropout, projection_norm_eps)
         self.logit_scale = LogitScale()
+        if pretrained and encoder_init:
+            raise ValueError("give model.pretrained (a whole released Point-Bind model) or model.encoder_init (a "
+                             "pre-trained 3D encoder), not both")
+        self._published_loaded = False
         self.banks = nn.ModuleDict()
         for stage in STAGES:
             self.banks[f"{stage}_zeroshot"] = EmbeddingBank(("point", "label"))
@@ -78,6 +92,20 @@ class PointBindAlignment(FrozenWeightsNotSaved, L.LightningModule):
         self._classes: tuple[list[str], torch.Tensor] | None = None
         self._gallery: torch.Tensor | None = None
         self._arithmetic: list[dict] = []
+
+    def load_published(self) -> None:
+        """Load ``pretrained`` (encoder, projection, logit scale) or ``encoder_init`` (encoder), once. A run does it
+        as it starts (``on_*_start``) unless it restored a checkpoint (``--ckpt_path``), whose weights win."""
+        hp = self.hparams
+        if self._published_loaded or not (hp.pretrained or hp.encoder_init):
+            return
+        if hp.pretrained:
+            conversion, report = load_release({"encoder": self.encoder, "head": self.head,
+                                               "logit_scale": self.logit_scale}, hp.encoder, hp.pretrained)
+        else:
+            conversion, report = load_encoder(self.encoder, hp.encoder, hp.encoder_init)
+        self._published_loaded = True
+        rank_zero_info(f"{conversion.summary()}\n{report.summary()}")
 
     # ---------------------------------------------------------------- embeddings
     def forward(self, points: torch.Tensor) -> torch.Tensor:
@@ -132,6 +160,23 @@ class PointBindAlignment(FrozenWeightsNotSaved, L.LightningModule):
         """Under DDP (CPU or GPU) the 3D encoder's BatchNorm is synchronised across processes
         (``lang3d.sync_batchnorm``)."""
         self.encoder = sync_batchnorm_under_ddp(self.encoder, self.trainer)
+
+    # Published weights are loaded when a run starts, after a checkpoint would have been restored: a restored
+    # checkpoint's weights replace them, so then the published file is not read (nor needed).
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._published_loaded = True
+
+    def on_fit_start(self) -> None:
+        self.load_published()
+
+    def on_validation_start(self) -> None:
+        self.load_published()
+
+    def on_test_start(self) -> None:
+        self.load_published()
+
+    def on_predict_start(self) -> None:
+        self.load_published()
 
     # ---------------------------------------------------------------- embedding arithmetic (predict)
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
