@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.cli import LightningCLI, _get_module_type, _InstantiatorFn
+from lightning.pytorch.cli import LightningCLI
 
 from lang3d.resume import CheckpointOnSigterm, RandomStateCheckpoint
 from lang3d.user_errors import report
@@ -29,43 +29,31 @@ def _import_project() -> None:
     import text4point  # noqa: F401
 
 
-def _is_class_at(path: str, cls: type) -> bool:
-    module, _, name = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name, None) is cls
-    except ImportError:
-        return False
-
-
-class _OwnHyperparameters(_InstantiatorFn):
-    """LightningCLI's instantiator gives the config's ``model`` / ``data`` hyperparameters to *every*
-    LightningModule / LightningDataModule it builds, so a datamodule built inside another one
-    (``pointbind.PointBindDataModule``: Cap3D + ModelNet40) would save the outer one's settings as its own.
-    Here a class other than the one the config names is built plainly and saves its own arguments."""
-
-    def __call__(self, class_type, *args, applied_instantiation_links: dict, **kwargs):
-        self.cli._dump_config()
-        path = (self.cli.config_dump.get(self.key) or {}).get("class_path")
-        if path is not None and not _is_class_at(path, class_type):
-            return class_type(*args, **kwargs)
-        return super().__call__(class_type, *args, applied_instantiation_links=applied_instantiation_links, **kwargs)
+def _class_and_args(node) -> tuple[str, dict] | None:
+    """(class_path, arguments) of a config node naming a class: a jsonargparse namespace with class_path /
+    init_args, or a plain dict, whose arguments may also sit beside class_path (how command-line overrides land)."""
+    if isinstance(node, dict) and node.get("class_path"):
+        extra = {k: v for k, v in node.items() if k not in ("class_path", "init_args")}
+        return node["class_path"], {**(node.get("init_args") or {}), **extra}
+    if hasattr(node, "get") and node.get("class_path") and node.get("init_args") is not None:
+        return node["class_path"], dict(vars(node["init_args"]))
+    return None
 
 
 def missing_data_roots(node, key: str = "data") -> list[str]:
-    """``key: path (Class)`` for every ``root`` of a datamodule in the config node ``node`` (a class_path /
-    init_args namespace, nested ones included) that does not exist, except a class's own ``builtin_root``, which
-    its ``prepare_data`` writes."""
-    if not (hasattr(node, "get") and node.get("class_path") and node.get("init_args") is not None):
+    """``key: path (Class)`` for every ``root`` of a datamodule in the config node ``node`` (nested datamodules
+    included) that does not exist, except a class's own ``builtin_root``, which its ``prepare_data`` writes."""
+    found = _class_and_args(node)
+    if found is None:
         return []
-    module, _, name = node["class_path"].rpartition(".")
+    class_path, args = found
+    module, _, name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module), name, None) if module else None
-    init_args, missing = node["init_args"], []
-    root = init_args.get("root")
-    builtin = getattr(cls, "builtin_root", None)
+    root, builtin, missing = args.get("root"), getattr(cls, "builtin_root", None), []
     if isinstance(root, str) and not Path(root).expanduser().exists() and \
             not (builtin is not None and Path(root).resolve() == Path(builtin).resolve()):
         missing.append(f"{key}.root: {root} ({name})")
-    for child_key, child in vars(init_args).items():
+    for child_key, child in args.items():
         missing += missing_data_roots(child, f"{key}.{child_key}")
     return missing
 
@@ -79,12 +67,6 @@ class Lang3DCLI(LightningCLI):
             raise DataRootError("the data root does not exist: " + "; ".join(missing) +
                                 " (pass --data.root /path/to/the/dataset)")
         super().instantiate_classes()
-
-    def _add_instantiators(self) -> None:
-        self.parser.add_instantiator(_OwnHyperparameters(cli=self, key="model"),
-                                     _get_module_type(self._model_class), subclasses=self.subclass_mode_model)
-        self.parser.add_instantiator(_OwnHyperparameters(cli=self, key="data"),
-                                     _get_module_type(self._datamodule_class), subclasses=self.subclass_mode_data)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -1,26 +1,58 @@
 """Point-Bind's data: alignment triplets for training and validation, plus a zero-shot set validated alongside."""
 from __future__ import annotations
 
+import importlib
+import inspect
+from typing import Any
+
 import lightning as L
 from torch.utils.data import DataLoader
 
-
-class NestedDataModuleError(RuntimeError):
-    """A datamodule built inside another one carries hyperparameters that are not its own."""
+DataModuleSettings = dict[str, Any]  # {"class_path": "package.Class", "init_args": {...}}
 
 
-def _check_own_hparams(part: L.LightningDataModule, name: str) -> None:
-    """LightningCLI's stock instantiator hands the top-level config's hyperparameters to every datamodule it
-    builds, nested ones included; those would then read the wrapper's settings as their own."""
-    given = getattr(part, "hparams", {}).get("_class_path")
-    if given is not None and given.rsplit(".", 1)[-1] != type(part).__name__:
-        raise NestedDataModuleError(
-            f"PointBindDataModule {name}: the {type(part).__name__} was given the hyperparameters of {given} by "
-            f"LightningCLI; run through lang3d.cli (its instantiator gives nested datamodules their own arguments)")
+class DataSettingsError(ValueError):
+    """A part's settings name no LightningDataModule, or arguments that it does not take."""
+
+
+def _init_args(settings: DataModuleSettings) -> dict[str, Any]:
+    """A part's arguments: ``init_args`` updated by any key beside ``class_path`` (a command-line override such as
+    ``--data.init_args.alignment.init_args.root X`` reaches the settings dict as ``root`` beside ``class_path``)."""
+    extra = {k: v for k, v in settings.items() if k not in ("class_path", "init_args")}
+    return {**(settings.get("init_args") or {}), **extra}
+
+
+def _check_settings(name: str, settings: DataModuleSettings) -> type[L.LightningDataModule]:
+    """The LightningDataModule class that ``settings`` name, after checking that its arguments bind to it."""
+    if not isinstance(settings, dict) or "class_path" not in settings:
+        raise DataSettingsError(f"data.{name} must be {{class_path: package.Class, init_args: {{...}}}}, "
+                                f"got {settings!r}")
+    module, _, cls_name = str(settings["class_path"]).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), cls_name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise DataSettingsError(f"data.{name}.class_path: cannot import {settings['class_path']!r} ({e})") from e
+    if not (isinstance(cls, type) and issubclass(cls, L.LightningDataModule)):
+        raise DataSettingsError(f"data.{name}.class_path: {settings['class_path']} is not a LightningDataModule")
+    init_args = _init_args(settings)
+    accepted = inspect.signature(cls).parameters
+    unknown = sorted(set(init_args) - set(accepted))
+    if unknown:
+        raise DataSettingsError(f"data.{name}.init_args: {cls_name} takes no argument {', '.join(unknown)} "
+                                f"(it takes: {', '.join(accepted)})")
+    try:
+        inspect.signature(cls).bind(**init_args)
+    except TypeError as e:
+        raise DataSettingsError(f"data.{name}.init_args for {cls_name}: {e}") from e
+    return cls
 
 
 class PointBindDataModule(L.LightningDataModule):
-    """Wraps two datamodules so that ``fit`` validates both alignment and zero-shot classification.
+    """Serves two datasets so that ``fit`` validates both alignment and zero-shot classification.
+
+    The parts are given as settings, ``{class_path, init_args}`` of a LightningDataModule (checked here, built on
+    first use), so the command line builds one datamodule only and each part keeps its own arguments
+    (``--data.init_args.alignment.init_args.root /data/cap3d``). From Python, built datamodules also work.
 
     Args:
         alignment: serves (points, caption[, image]) batches, e.g. ``Cap3DDataModule``: its train split trains,
@@ -30,19 +62,35 @@ class PointBindDataModule(L.LightningDataModule):
             is validation dataloader 1 (zero-shot accuracy, class-level retrieval) and the test set.
     """
 
-    def __init__(self, alignment: L.LightningDataModule, zeroshot: L.LightningDataModule | None = None):
+    def __init__(self, alignment: DataModuleSettings, zeroshot: DataModuleSettings | None = None):
         super().__init__()
-        for name, part in (("alignment", alignment), ("zeroshot", zeroshot)):
-            if part is not None:
-                _check_own_hparams(part, name)
-        self.alignment = alignment
-        self.zeroshot = zeroshot
+        self._settings = {"alignment": alignment, "zeroshot": zeroshot}
+        self._built: dict[str, L.LightningDataModule | None] = {}
+        for name, part in self._settings.items():
+            if isinstance(part, L.LightningDataModule) or part is None:
+                self._built[name] = part
+            else:
+                _check_settings(name, part)
+        self.save_hyperparameters({k: v for k, v in self._settings.items()
+                                   if not isinstance(v, L.LightningDataModule)})
 
-    def _parts(self) -> list[L.LightningDataModule]:
-        parts = [dm for dm in (self.alignment, self.zeroshot) if dm is not None]
-        for dm in parts:
-            dm.trainer = self.trainer  # the parts shard their loaders over the trainer's ranks
-        return parts
+    def _part(self, name: str) -> L.LightningDataModule | None:
+        if name not in self._built:
+            settings = self._settings[name]
+            cls = _check_settings(name, settings)
+            self._built[name] = cls(**_init_args(settings))
+        part = self._built[name]
+        if part is not None:
+            part.trainer = self.trainer  # the parts shard their loaders over the trainer's ranks
+        return part
+
+    @property
+    def alignment(self) -> L.LightningDataModule:
+        return self._part("alignment")
+
+    @property
+    def zeroshot(self) -> L.LightningDataModule | None:
+        return self._part("zeroshot")
 
     @property
     def prompt_names(self) -> list[str] | None:
@@ -50,25 +98,22 @@ class PointBindDataModule(L.LightningDataModule):
         return getattr(self.zeroshot, "prompt_names", None) or None
 
     def prepare_data(self) -> None:
-        for dm in self._parts():
-            dm.prepare_data()
+        for dm in (self.alignment, self.zeroshot):
+            if dm is not None:
+                dm.prepare_data()
 
     def setup(self, stage: str) -> None:
-        self._parts()
         self.alignment.setup(stage)
         if self.zeroshot is not None:
             self.zeroshot.setup("test")  # only its test split is used
 
     def train_dataloader(self) -> DataLoader:
-        self._parts()
         return self.alignment.train_dataloader()
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        self._parts()
         if self.zeroshot is None:
             return self.alignment.val_dataloader()
         return [self.alignment.val_dataloader(), self.zeroshot.test_dataloader()]
 
     def test_dataloader(self) -> DataLoader:
-        self._parts()
         return (self.zeroshot or self.alignment).test_dataloader()

@@ -69,6 +69,11 @@ def test_missing_roots_are_found_in_nested_data_configs(tmp_path):
                 alignment=node("datamodules.cap3d.Cap3DDataModule", root=str(tmp_path / "no_cap3d")),
                 zeroshot=node("datamodules.modelnet40.ModelNet40DataModule", root=str(tmp_path)))
     assert missing_data_roots(data) == [f"data.alignment.root: {tmp_path / 'no_cap3d'} (Cap3DDataModule)"]
+    as_settings = node("pointbind.PointBindDataModule",   # Point-Bind's parts are plain {class_path, init_args}
+                       alignment={"class_path": "datamodules.cap3d.Cap3DDataModule", "init_args": {"root": str(tmp_path)}},
+                       zeroshot={"class_path": "datamodules.modelnet40.ModelNet40DataModule",
+                                 "init_args": {"root": str(tmp_path / "no_mn40")}})
+    assert missing_data_roots(as_settings) == [f"data.zeroshot.root: {tmp_path / 'no_mn40'} (ModelNet40DataModule)"]
     from datamodules.cap3d.datamodule import Cap3DDataModule
     builtin = node("datamodules.cap3d.Cap3DDataModule", root=str(Cap3DDataModule.builtin_root))
     assert missing_data_roots(builtin) == []   # written by prepare_data
