@@ -10,8 +10,9 @@
 
 The fused tokens [B,T,width] take the place of ``clip_embed(grid)`` in the model's own token layout
 (``[time, T condition tokens, points]``, upsampler ``[time, T, low-res, points]``; ``sepe.fusion.forward_with_condition``),
-so base40M's pretrained weights keep their meaning. The base model and the upsampler each get one wrapper around
-the *same* fusion module: the upsampler takes the same condition.
+so the model's pretrained weights keep their meaning; each fusion starts as the model's own ``clip_embed`` (see
+``sepe.fusion``), so at initialisation the wrapper equals the wrapped Point-E model. A fused upsampler (SEPE's
+``upsampler_conditioning: fused``) gets its own wrapper and fusion, warm-started from the upsampler's ``clip_embed``.
 """
 from __future__ import annotations
 
@@ -32,9 +33,8 @@ class SEPEConditionedModel(nn.Module):
         if not isinstance(fusion, (ConcatFusion, CrossAttentionFusion)):
             raise TypeError(f"SEPEConditionedModel needs ConcatFusion or CrossAttentionFusion, got "
                             f"{type(fusion).__name__}")
-        width = fusion.out_width if isinstance(fusion, ConcatFusion) else fusion.width
-        if width != model.width or fusion.grid_width != model.grid_width:
-            raise ValueError(f"fusion (grid_width {fusion.grid_width} -> {width}) does not fit the model "
+        if fusion.width != model.width or fusion.grid_width != model.grid_width:
+            raise ValueError(f"fusion (grid_width {fusion.grid_width} -> {fusion.width}) does not fit the model "
                              f"(grid_width {model.grid_width}, width {model.width})")
         self.model = model
         self.fusion = fusion

@@ -1,13 +1,17 @@
-"""SEPE's fusion of CLIP text and image features into base40M's condition tokens (paper Sec. 3.1).
+"""SEPE's fusion of CLIP text and image features into a Point-E grid model's condition tokens (paper Sec. 3.1).
 
-Both options map the CLIP ViT-L/14 image grid ``[B,256,1024]`` and text features to ``[B,256,512]``: the tensor
-that ``CLIPGridPointDiffusionTransformer.embed_grid`` would produce. The denoiser therefore keeps base40M's token
-layout ``[time, 256 condition tokens, points]`` (and the upsampler's ``[time, 256, low-res, new]``), so its
-pretrained weights stay meaningful; ``forward_with_condition`` runs a model that way.
+Both options map the CLIP ViT-L/14 image grid ``[B,256,1024]`` and text features to ``[B,256,width]``, the tensor
+that the model's own ``clip_embed(grid)`` produces, and both are built as
 
-Classifier-free guidance: in training each sample's grid and text are zeroed together with probability
-``cond_drop_prob`` (before any normalisation, as base40M drops its grid); at sampling the unconditional branch
-is the fusion of a zero grid and zero text.
+    fused tokens = clip_embed(grid) + text-driven update,   the update zero at initialisation,
+
+with ``clip_embed`` (``image_embed`` here) copied from the Point-E model the fusion conditions
+(``load_point_e_clip_embed``). At step 0 the fused model is therefore exactly the released model (base40M, or the
+upsampler for a fused stage 2), and fine-tuning starts from its behaviour. The denoiser keeps the model's token
+layout ``[time, 256 condition tokens, points]`` (upsampler ``[time, 256, low-res, new]``; ``forward_with_condition``).
+
+Classifier-free guidance: ``drop_conditions`` zeroes a training sample's condition tensors together, with draws
+from a given generator; at sampling the unconditional branch gets zero tensors, the same input.
 """
 from __future__ import annotations
 
@@ -17,23 +21,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lang3d.lora import LoRALinear
+from lang3d.lora import LoRALinear, load_base_weights
 from lang3d.point_e.models import CLIPGridPointDiffusionTransformer, CLIPGridUpsamplePointDiffusionTransformer
 
-
-def drop_pair(a: torch.Tensor, b: torch.Tensor, p: float, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Classifier-free dropout of two conditions at once: in training, zero sample i of both a [B,...] and
-    b [B,...] with probability p (one draw per sample)."""
-    if not training or p == 0.0:
-        return a, b
-    keep = (torch.rand(a.shape[0], device=a.device) >= p).to(a.dtype)
-    return a * keep.view(-1, *([1] * (a.ndim - 1))), b * keep.view(-1, *([1] * (b.ndim - 1))).to(b.dtype)
+# condition keys that classifier-free dropout leaves alone (a zeroed mask is read as all-True, see
+# SEPEConditionedModel.condition)
+UNDROPPED_KEYS = ("text_mask",)
 
 
-def _check_p(p: float) -> float:
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"cond_drop_prob must be in [0, 1], got {p}")
-    return float(p)
+def drop_conditions(cond: dict[str, torch.Tensor], p: float,
+                    generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Classifier-free dropout: zero sample i of every condition tensor [B,...] of ``cond`` (grid, text, low_res;
+    not ``text_mask``) with probability p, one draw per sample from ``generator``; returns a new dict."""
+    if p == 0.0:
+        return dict(cond)
+    batch = next(iter(cond.values())).shape[0]
+    device = next(iter(cond.values())).device
+    keep = torch.rand(batch, generator=generator, device=device) >= p
+    return {key: value if key in UNDROPPED_KEYS else value * keep.view(-1, *([1] * (value.ndim - 1))).to(value.dtype)
+            for key, value in cond.items()}
 
 
 def _check_grid(name: str, grid: torch.Tensor, grid_width: int) -> None:
@@ -42,26 +48,49 @@ def _check_grid(name: str, grid: torch.Tensor, grid_width: int) -> None:
                          f"{tuple(grid.shape)} {grid.dtype}")
 
 
-class ConcatFusion(nn.Module):
-    """Option A: text vector broadcast to every grid patch, concatenated with the grid, then an MLP.
+class GridFusion(nn.Module):
+    """What both fusions share: ``image_embed = Sequential(LayerNorm(grid_width), Linear(grid_width, width))``, the
+    structure of a Point-E grid model's ``clip_embed``, into which ``load_point_e_clip_embed`` copies that model's
+    weights. With ``lora_rank`` the Linear is a ``LoRALinear`` (rank, ``lora_alpha``) around the copied weights and
+    the copied LayerNorm is frozen (the paper's LoRALinear layers in the fusion, applied to its one pretrained
+    projection); ``lora_rank=None`` trains the copy in full."""
 
-    ``forward(grid [B,T,grid_width], text [B,text_width]) -> [B,T,out_width]`` with ``text`` the unit-norm CLIP
-    text vector. Input per patch: ``[LayerNorm(grid_n), sqrt(text_width) · text]`` (the text scaled as base40M-textvec
-    scales its vector, to the LayerNorm's unit scale) -> Linear -> GELU -> Linear. With ``lora_rank`` set (paper:
-    LoRALinear in the fusion MLP, rank 8) both Linear layers are LoRALinear around frozen, randomly initialised
-    bases; ``lora_rank=None`` makes them plain trainable Linear layers.
+    def __init__(self, grid_width: int, text_width: int, width: int, lora_rank: int | None, lora_alpha: float | None):
+        super().__init__()
+        self.grid_width, self.text_width, self.width = grid_width, text_width, width
+        self.image_embed = nn.Sequential(nn.LayerNorm(grid_width), nn.Linear(grid_width, width))
+        if lora_rank is not None:
+            self.image_embed[1] = LoRALinear(self.image_embed[1], rank=lora_rank, alpha=lora_alpha)
+            self.image_embed[0].requires_grad_(False)
+
+    def load_point_e_clip_embed(self, model: CLIPGridPointDiffusionTransformer) -> None:
+        """Copy ``model.clip_embed`` (LayerNorm + Linear of the grid) into ``image_embed``; LoRA tensors keep their
+        zero update."""
+        if model.grid_width != self.grid_width or model.width != self.width:
+            raise ValueError(f"{type(self).__name__}(grid_width={self.grid_width}, width={self.width}) cannot take "
+                             f"the clip_embed of a model with grid_width={model.grid_width}, width={model.width}")
+        load_base_weights(self.image_embed, model.clip_embed.state_dict(), f"{type(model).__name__}.clip_embed")
+
+
+class ConcatFusion(GridFusion):
+    """Option A: the text vector broadcast to every grid patch, concatenated with the patch, through an MLP.
+
+    ``forward(grid [B,T,grid_width], text [B,text_width]) -> [B,T,width]``, ``text`` the unit-norm CLIP text vector:
+    with ``g_n = LayerNorm(grid_n)`` (``image_embed``'s),
+
+        out_n = Linear(g_n) + fc2(GELU(fc1([g_n, sqrt(text_width) · text])))
+
+    the first term being ``clip_embed(grid)``; the text is scaled as base40M-textvec scales its vector, to the
+    LayerNorm's unit scale. ``fc2`` is zero-initialised, so the fusion starts as ``clip_embed``.
     """
 
-    def __init__(self, grid_width: int = 1024, text_width: int = 768, out_width: int = 512, hidden_width: int = 512,
-                 lora_rank: int | None = 8, lora_alpha: float | None = None, cond_drop_prob: float = 0.1):
-        super().__init__()
-        self.grid_width, self.text_width, self.out_width = grid_width, text_width, out_width
-        self.cond_drop_prob = _check_p(cond_drop_prob)
-        self.grid_norm = nn.LayerNorm(grid_width)
-        layers = [nn.Linear(grid_width + text_width, hidden_width), nn.Linear(hidden_width, out_width)]
-        if lora_rank is not None:
-            layers = [LoRALinear(layer, rank=lora_rank, alpha=lora_alpha) for layer in layers]
-        self.fc1, self.fc2 = layers
+    def __init__(self, grid_width: int = 1024, text_width: int = 768, width: int = 512, hidden_width: int = 512,
+                 lora_rank: int | None = 8, lora_alpha: float | None = None):
+        super().__init__(grid_width, text_width, width, lora_rank, lora_alpha)
+        self.fc1 = nn.Linear(grid_width + text_width, hidden_width)
+        self.fc2 = nn.Linear(hidden_width, width)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
         self.act = nn.GELU()
 
     def forward(self, grid: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -69,43 +98,38 @@ class ConcatFusion(nn.Module):
         if tuple(text.shape) != (grid.shape[0], self.text_width):
             raise ValueError(f"{type(self).__name__}: text must be the CLIP text vector [B, {self.text_width}] with "
                              f"B = {grid.shape[0]}, got {tuple(text.shape)}")
-        grid, text = drop_pair(grid, text, self.cond_drop_prob, self.training)
+        norm, proj = self.image_embed
+        patches = norm(grid)
         text = math.sqrt(self.text_width) * text.to(grid.dtype)
-        x = torch.cat([self.grid_norm(grid), text[:, None].expand(-1, grid.shape[1], -1)], dim=-1)
-        return self.fc2(self.act(self.fc1(x)))
+        x = torch.cat([patches, text[:, None].expand(-1, grid.shape[1], -1)], dim=-1)
+        return proj(patches) + self.fc2(self.act(self.fc1(x)))
 
 
-class CrossAttentionFusion(nn.Module):
+class CrossAttentionFusion(GridFusion):
     """Option B: image-to-text cross-attention, attention pooling, Linear + LayerNorm, as 256 condition tokens.
 
     ``forward(grid [B,T,grid_width], text_tokens [B,L,text_width], text_mask [B,L] bool | None) -> [B,T,width]``.
 
-    1. Image tokens ``x_n = Linear(LayerNorm(grid_n))`` (the structure of base40M's ``clip_embed``, which
-       ``load_point_e_clip_embed`` copies in).
+    1. Image tokens ``x_n = image_embed(grid_n)`` (= ``clip_embed(grid)``).
     2. ``attend``: multi-head cross-attention, queries from the image tokens, keys/values from the CLIP text
        token states, padding (``text_mask`` False) masked out, then ``F_n = x_n + out_proj(attn_n)``. Attending over
        the token *sequence* keeps the softmax non-trivial (over a single text vector it is identically 1 and the
-       query/key projections get no gradient). The residual keeps each patch's image content in F_n; without it
-       every F_n would be a mixture of text values only, and the image geometry the paper fuses would be lost.
+       query/key projections get no gradient). The residual keeps each patch's image content in F_n.
     3. ``pool``: ``alpha_n = softmax_n(q · F_n / sqrt(width))`` with a learnable q, ``c = sum_n alpha_n F_n``
        (paper, Sec. 3.1), then ``f = LayerNorm(Linear(c))``.
-    4. Output tokens ``F_n + f``. The paper pools "to preserve spatial information" and notes that f "captures
-       spatially-aware features from the image tokens"; Option A keeps one condition per patch "to not lose the
-       spatial information for reconstruction", and base40M was trained on 256 per-patch tokens. So the 256
-       attended tokens are kept, one per patch, and the pooled fused vector f is added to each as the global,
-       relevance-weighted context. Broadcasting f alone would make all 256 tokens identical (no spatial
-       information); appending it as a 257th token would change base40M's token layout. The backbone's ``ln_pre``
-       normalises each token, so the sum needs no further scaling.
+    4. Output tokens ``F_n + f``: one token per patch (base40M's layout, the spatial information the paper keeps),
+       with the pooled fused vector f added to each as global, relevance-weighted context.
+
+    ``out_proj`` and the affine weight and bias of ``f``'s LayerNorm are zero-initialised: the fusion starts as
+    ``clip_embed`` and both text-driven terms grow from zero (their gradients are non-zero from the first step).
     """
 
     def __init__(self, grid_width: int = 1024, text_width: int = 768, width: int = 512, heads: int = 8,
-                 cond_drop_prob: float = 0.1):
-        super().__init__()
+                 lora_rank: int | None = 8, lora_alpha: float | None = None):
+        super().__init__(grid_width, text_width, width, lora_rank, lora_alpha)
         if width % heads:
             raise ValueError(f"CrossAttentionFusion: width {width} is not divisible by heads {heads}")
-        self.grid_width, self.text_width, self.width, self.heads = grid_width, text_width, width, heads
-        self.cond_drop_prob = _check_p(cond_drop_prob)
-        self.image_embed = nn.Sequential(nn.LayerNorm(grid_width), nn.Linear(grid_width, width))
+        self.heads = heads
         self.query_norm = nn.LayerNorm(width)
         self.text_norm = nn.LayerNorm(text_width)
         self.q_proj = nn.Linear(width, width)
@@ -115,14 +139,8 @@ class CrossAttentionFusion(nn.Module):
         self.pool_query = nn.Parameter(torch.randn(width) / math.sqrt(width))
         self.pool_proj = nn.Linear(width, width)
         self.pool_norm = nn.LayerNorm(width)
-
-    def load_point_e_clip_embed(self, model: CLIPGridPointDiffusionTransformer) -> None:
-        """Copy base40M's ``clip_embed`` (LayerNorm + Linear of the grid) into ``image_embed``, so the image tokens
-        start in the embedding the pretrained backbone was trained on."""
-        if model.grid_width != self.grid_width or model.width != self.width:
-            raise ValueError(f"CrossAttentionFusion(grid_width={self.grid_width}, width={self.width}) cannot take the "
-                             f"clip_embed of a model with grid_width={model.grid_width}, width={model.width}")
-        self.image_embed.load_state_dict(model.clip_embed.state_dict())
+        for tensor in (self.out_proj.weight, self.out_proj.bias, self.pool_norm.weight, self.pool_norm.bias):
+            nn.init.zeros_(tensor)
 
     def attend(self, x: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """Image tokens x [B,T,width] attend to text_tokens [B,L,text_width] where text_mask [B,L] is True
@@ -158,7 +176,6 @@ class CrossAttentionFusion(nn.Module):
         if not bool(text_mask.any(dim=1).all()):
             raise ValueError(f"{name}: every text needs at least one unmasked token; rows "
                              f"{(~text_mask.any(dim=1)).nonzero().flatten().tolist()} are fully masked")
-        grid, text_tokens = drop_pair(grid, text_tokens, self.cond_drop_prob, self.training)
         feats = self.attend(self.image_embed(grid), text_tokens.to(grid.dtype), text_mask)
         pooled, _ = self.pool(feats)
         return feats + self.pool_norm(self.pool_proj(pooled))[:, None]

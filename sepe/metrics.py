@@ -7,6 +7,8 @@ checkpoint of the module that owns the metric; they are moved to the device of t
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import scipy.linalg
 import torch
@@ -109,11 +111,20 @@ def r_precision_hits(image_emb: torch.Tensor, text_emb: torch.Tensor, num_distra
     return beaten < top_k
 
 
+def sample_key(name: str) -> int:
+    """A 63-bit integer key of a sample name (sha256), for ordering samples gathered from DDP ranks."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") & (2 ** 63 - 1)
+
+
 class CLIPRPrecision(Metric):
     """CLIP R-precision: each generated cloud is normalised into the unit sphere and rendered from ``azimuths``
     (``lang3d.render``, at CLIP's input size); the image embedding is the normalised mean of the views'
     normalised CLIP embeddings. Score: fraction of clouds whose own caption ranks in the ``top_k`` among itself
     and ``num_distractors`` captions of other clouds of the evaluated set (``r_precision_hits``).
+
+    Distractors follow the samples, not the processes: ``compute`` orders the gathered samples by the key of their
+    name (``sample_key``) before drawing, so the score is the same for any number of DDP processes and any batch
+    order.
 
     ``clip_model``, ``tokenizer``: as ``lang3d.clip.load_clip`` returns (paper: ViT-B/32 and ViT-L/14)."""
 
@@ -133,6 +144,7 @@ class CLIPRPrecision(Metric):
         self.mean, self.std = torch.tensor(cfg["mean"]).view(1, 3, 1, 1), torch.tensor(cfg["std"]).view(1, 3, 1, 1)
         self.add_state("image_emb", [], dist_reduce_fx="cat")
         self.add_state("text_emb", [], dist_reduce_fx="cat")
+        self.add_state("keys", [], dist_reduce_fx="cat")
 
     @torch.no_grad()
     def embed_clouds(self, clouds: torch.Tensor) -> torch.Tensor:
@@ -153,17 +165,22 @@ class CLIPRPrecision(Metric):
         device = next(self.clip.parameters()).device
         return F.normalize(self.clip.encode_text(self.tokenizer(list(captions)).to(device)).float(), dim=-1)
 
-    def update(self, clouds: torch.Tensor, captions: list[str]) -> None:
-        """clouds [B,6,N] generated for captions (B strings)."""
+    def update(self, clouds: torch.Tensor, captions: list[str], names: list[str]) -> None:
+        """clouds [B,6,N] generated for captions (B strings) of the samples ``names`` (B unique ids, e.g. uids)."""
         if isinstance(captions, str) or len(captions) != clouds.shape[0]:
             raise ValueError(f"CLIPRPrecision: {clouds.shape[0]} clouds need as many captions, got {captions!r}")
+        if isinstance(names, str) or len(names) != clouds.shape[0]:
+            raise ValueError(f"CLIPRPrecision: {clouds.shape[0]} clouds need as many sample names, got {names!r}")
         self.image_emb.append(self.embed_clouds(clouds))
         self.text_emb.append(self.embed_captions(captions).to(clouds.device))
+        self.keys.append(torch.tensor([sample_key(n) for n in names], dtype=torch.int64, device=clouds.device))
 
     def compute(self) -> torch.Tensor:
-        image = torch.cat(self.image_emb) if isinstance(self.image_emb, list) else self.image_emb
-        text = torch.cat(self.text_emb) if isinstance(self.text_emb, list) else self.text_emb
-        return r_precision_hits(image, text, self.num_distractors, self.top_k, self.seed).float().mean()
+        image, text, keys = (torch.cat(x) if isinstance(x, list) else x
+                             for x in (self.image_emb, self.text_emb, self.keys))
+        order = torch.argsort(keys, stable=True)
+        return r_precision_hits(image[order], text[order], self.num_distractors, self.top_k,
+                                self.seed).float().mean()
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:

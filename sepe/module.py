@@ -1,24 +1,38 @@
 """SEPE fine-tuning of Point-E base40M with fused CLIP text + image conditioning, and two-stage generation.
 
 One diffusion definition everywhere (Point-E's: cosine base / linear upsampler schedules, channel scaling inside
-``GaussianDiffusion``). Each training step makes ONE model call: the diffusion loss and the geometric losses on
-x̂0 (``pred_xstart`` of that same call) share it.
+``GaussianDiffusion``). Each training step makes ONE base-model call: the diffusion loss and the geometric losses
+on x̂0 (``pred_xstart`` of that same call) share it.
 
-Data units: the Cap3D datamodule serves xyz centred and scaled into the unit sphere and colours in 0..1; Point-E
-wants xyz in about [-0.5, 0.5] and RGB 0..255. ``batch_cloud`` multiplies xyz by ``xyz_scale`` (default 0.5:
-unit sphere -> radius 0.5, the scale of Cap3D's own ±0.5 clouds) and colours by 255.
+Data units: Cap3D's clouds are already in Point-E's units (xyz about ±0.5, the units Cap3D's own Point-E
+fine-tuning feeds unchanged), and ``Cap3DDataModule`` serves them unchanged by default, with colours in 0..1.
+``batch_cloud`` multiplies xyz by ``xyz_scale`` (1.0; 0.5 if the data module normalises into the unit sphere) and
+colours by 255 (Point-E's RGB 0..255).
+
+Stage 2 (upsampler, 1024 -> 4096 points): ``upsampler_conditioning="image_grid"`` (default, Point-E's) keeps the
+released upsampler frozen and gives it the condition it was trained with, its own ``clip_embed`` of the CLIP image
+grid; ``"fused"`` fine-tunes it too, with its own fusion warm-started from its own ``clip_embed``, on its own
+(linear) schedule: the first ``base_points`` served points (farthest-point order) are its ``low_res`` and the next
+``upsample_points`` its target.
+
+Randomness of training (timesteps, noise, condition dropout) comes from a generator seeded by (``seed``, global
+step, micro-batch, DDP rank), so the ranks draw different noise and a resumed run draws the same; evaluation draws
+follow the batch's object uids.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
 
 from lang3d.atomic import atomic_write
 from lang3d.checkpoint import FrozenWeightsNotSaved
+from lang3d.clip import load_clip
 from lang3d.data.sampling import seed_from_names
 from lang3d.lora import POINT_E_LORA_TARGETS, apply_lora
 from lang3d.ply import write_point_ply
@@ -27,7 +41,7 @@ from lang3d.point_e import (CLIPConditioner, GaussianDiffusion, PointCloudSample
 from lang3d.render import render_views
 from lang3d.tensorboard import log_image, log_point_cloud
 from sepe.conditioned_model import SEPEConditionedModel
-from sepe.fusion import ConcatFusion, CrossAttentionFusion
+from sepe.fusion import ConcatFusion, CrossAttentionFusion, drop_conditions
 from sepe.geometric_losses import (chamfer_distance, color_loss, laplacian_smoothness, mean_neighbour_distance,
                                    uniformity)
 from sepe.metrics import ChamferDistanceMetric, CLIPRPrecision, EarthMoversDistance, PointFID, PointIS
@@ -35,6 +49,7 @@ from sepe.pointcloud_features import load_feature_network
 
 FUSIONS = ("concat", "cross_attention")
 TRAINABLE = ("last_blocks", "lora")
+UPSAMPLER_CONDITIONING = ("image_grid", "fused")
 
 
 def write_cloud(stem: Path, cloud: np.ndarray, prompt: str, formats=("ply", "npz")) -> list[Path]:
@@ -56,19 +71,56 @@ def write_cloud(stem: Path, cloud: np.ndarray, prompt: str, formats=("ply", "npz
     return written
 
 
+
+
+def step_seed(seed: int, step: int, micro_batch: int, rank: int) -> int:
+    """63-bit seed of one training step's draws: sha256 of (seed, global step, micro-batch within gradient
+    accumulation, DDP rank). Reproducible, and different on every rank."""
+    digest = hashlib.sha256(f"sepe-train/{seed}/{step}/{micro_batch}/{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2 ** 63 - 1)
+
+
+def make_trainable(model: nn.Module, trainable: str, num_blocks: int, lora_rank: int, lora_alpha: float | None,
+                   output_head: bool) -> None:
+    """Freeze a Point-E model, then unfreeze its last ``num_blocks`` transformer blocks ("last_blocks") or wrap its
+    blocks' Linear layers in LoRA ("lora"); ``output_head`` also trains ``ln_post`` + ``output_proj``."""
+    model.requires_grad_(False)
+    if trainable == "last_blocks":
+        blocks = model.backbone.resblocks
+        if not 0 < num_blocks <= len(blocks):
+            raise ValueError(f"num_trainable_blocks must be in [1, {len(blocks)}], got {num_blocks}")
+        for block in blocks[len(blocks) - num_blocks:]:
+            block.requires_grad_(True)
+    else:
+        apply_lora(model.backbone, POINT_E_LORA_TARGETS, rank=lora_rank, alpha=lora_alpha)
+    if output_head:
+        model.ln_post.requires_grad_(True)
+        model.output_proj.requires_grad_(True)
+
+
 class SEPEFineTuning(FrozenWeightsNotSaved, L.LightningModule):
     """SEPE (paper Sec. 3): the fusion module + base40M's last blocks (or LoRA) trained on Cap3D triplets.
 
     Args:
         fusion: "concat" (Option A) or "cross_attention" (Option B; attends over the CLIP text token sequence).
+            Either is base40M's ``clip_embed(grid)`` plus a text-driven update that is zero at initialisation,
+            so step 0 is exactly base40M given the same image grid.
         base_checkpoint: official ``base_40m.pt``, loaded strictly before any LoRA wrapping (None: random init).
-        upsampler_checkpoint: official ``upsample_40m.pt`` (None: random init; frozen either way, never trained).
-        clip_model / clip_pretrained: the frozen CLIP (paper: ViT-L-14 / openai); its grid sizes the models.
+        upsampler_checkpoint: official ``upsample_40m.pt`` (None: random init).
+        upsampler_conditioning: "image_grid" (default, as Point-E: the frozen upsampler conditioned on its own
+            ``clip_embed`` of the image grid) or "fused" (the upsampler fine-tuned as well, with its own fusion
+            warm-started from its own ``clip_embed``, trainable parts as for the base model, its diffusion loss on
+            the served points ``base_points:base_points+upsample_points`` given the first ``base_points`` as
+            ``low_res``; data.num_points must be at least base_points + upsample_points).
+        clip_model / clip_pretrained: the frozen conditioning CLIP (paper: ViT-L-14 / openai); its grid sizes the
+            models.
         model_overrides / upsampler_overrides: constructor overrides of ``build_model`` (tiny tests only).
         trainable: "last_blocks" (the last ``num_trainable_blocks`` transformer blocks) or "lora" (rank
             ``lora_rank``, ``lora_alpha`` on every block's attention / MLP Linear layers).
-        fusion_lora_rank: LoRALinear rank of the concat MLP (paper: 8; None = plain Linear); fusion_heads: heads
-            of the cross-attention; cond_drop_prob: classifier-free dropout of the (grid, text) pair.
+        fusion_lora_rank: the fusion's copy of ``clip_embed`` is a LoRALinear of this rank (paper: LoRALinear in
+            the fusion, rank 8; None = the copy is trained in full); fusion_heads: heads of the cross-attention.
+        cond_drop_prob: classifier-free dropout of a sample's conditions (grid and text together; a fused
+            upsampler's ``low_res`` too, as its unconditional sampling branch zeroes it).
         lr_fusion / lr_backbone / weight_decay: AdamW, two parameter groups ("fusion", "backbone").
         lambda_cd, lambda_color, lambda_smooth, lambda_uniform: weights of the geometric terms on x̂0;
             chamfer_squared, smooth_k, uniform_k, uniform_radius (data units; None = the target's mean k-NN spacing).
@@ -80,36 +132,47 @@ class SEPEFineTuning(FrozenWeightsNotSaved, L.LightningModule):
             ``base_checkpoint``: a fresh Point-E model's ``output_proj`` is zero, which blocks every gradient to
             the blocks and the fusion, so a random-init run (tests, demo) must train it; with base40M weights the
             paper's recipe (last blocks / LoRA only) applies.
-        xyz_scale: data xyz (unit sphere) -> Point-E units (see module docstring).
+        xyz_scale: served xyz -> Point-E units (1.0: Cap3D's own units, the data module's default).
         base_points / upsample_points: points drawn by each sampling stage (0 upsample points: base stage only);
-            sample_steps / guidance_scale / upsampler_guidance_scale: Karras steps and guidance of generation.
+            the base model trains on the first ``base_points`` served points. sample_steps / guidance_scale /
+            upsampler_guidance_scale: Karras steps and guidance of generation.
         val_sample_steps / val_num_samples: cheaper sampling of clouds logged at validation end.
-        EMD compares the base stage's ``base_points`` with as many farthest-point samples of the ground truth
-        (so data.num_points must be at least base_points).
+        seed: seed of the training draws (with the step and the DDP rank, ``step_seed``).
+        EMD compares the base stage's ``base_points`` with as many farthest-point samples of the ground truth.
+        eval_clip_model / eval_clip_pretrained: the CLIP of the reported R-precision (``test/clip_r_precision``;
+            Point-E's paper: ViT-B-32 / openai), independent of the conditioning CLIP, which gives a second column
+            (``test/clip_r_precision_cond_clip``); loaded when testing starts. eval_num_distractors: captions drawn
+            against the true one (computed when more clouds than that are tested).
         eval_feature_network: a PointNet++ classifier checkpoint (``python -m sepe.pointcloud_features``, trained on
-            ModelNet40) for P-FID / P-IS in ``test``; None leaves them out. eval_num_distractors: captions drawn
-            against the true one in CLIP R-precision (computed when more clouds than that are tested).
+            ModelNet40) for P-FID / P-IS in ``test``; None leaves them out.
     """
 
     def __init__(self, fusion: str = "concat", base_checkpoint: str | None = None,
-                 upsampler_checkpoint: str | None = None, clip_model: str = "ViT-L-14",
-                 clip_pretrained: str | None = "openai", model_overrides: dict | None = None,
-                 upsampler_overrides: dict | None = None, trainable: str = "last_blocks", num_trainable_blocks: int = 2,
-                 lora_rank: int = 8, lora_alpha: float | None = 16.0, fusion_lora_rank: int | None = 8,
-                 fusion_heads: int = 8, cond_drop_prob: float = 0.1, lr_fusion: float = 1e-4,
-                 lr_backbone: float = 1e-5, weight_decay: float = 0.0, lambda_cd: float = 0.1,
-                 lambda_color: float = 0.05, lambda_smooth: float = 0.01, lambda_uniform: float = 0.01,
-                 chamfer_squared: bool = True, smooth_k: int = 8, uniform_k: int = 8,
-                 uniform_radius: float | None = None,
-                 geometric_max_t: int | None = 512, train_output_head: bool | None = None, xyz_scale: float = 0.5, base_points: int = 1024,
-                 upsample_points: int = 3072, sample_steps: int = 64, guidance_scale: float = 3.0,
-                 upsampler_guidance_scale: float = 3.0, val_sample_steps: int = 16, val_num_samples: int = 2,
-                 eval_feature_network: str | None = None, eval_num_distractors: int = 31):
+                 upsampler_checkpoint: str | None = None, upsampler_conditioning: str = "image_grid",
+                 clip_model: str = "ViT-L-14", clip_pretrained: str | None = "openai",
+                 model_overrides: dict | None = None, upsampler_overrides: dict | None = None,
+                 trainable: str = "last_blocks", num_trainable_blocks: int = 2, lora_rank: int = 8,
+                 lora_alpha: float | None = 16.0, fusion_lora_rank: int | None = 8, fusion_heads: int = 8,
+                 cond_drop_prob: float = 0.1, lr_fusion: float = 1e-4, lr_backbone: float = 1e-5,
+                 weight_decay: float = 0.0, lambda_cd: float = 0.1, lambda_color: float = 0.05,
+                 lambda_smooth: float = 0.01, lambda_uniform: float = 0.01, chamfer_squared: bool = True,
+                 smooth_k: int = 8, uniform_k: int = 8, uniform_radius: float | None = None,
+                 geometric_max_t: int | None = 512, train_output_head: bool | None = None, xyz_scale: float = 1.0,
+                 base_points: int = 1024, upsample_points: int = 3072, sample_steps: int = 64,
+                 guidance_scale: float = 3.0, upsampler_guidance_scale: float = 3.0, val_sample_steps: int = 16,
+                 val_num_samples: int = 2, seed: int = 0, eval_clip_model: str | None = "ViT-B-32",
+                 eval_clip_pretrained: str | None = "openai", eval_feature_network: str | None = None,
+                 eval_num_distractors: int = 31):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         if trainable not in TRAINABLE:
             raise ValueError(f"trainable must be one of {TRAINABLE}, got {trainable!r}")
+        if upsampler_conditioning not in UPSAMPLER_CONDITIONING:
+            raise ValueError(f"upsampler_conditioning must be one of {UPSAMPLER_CONDITIONING}, got "
+                             f"{upsampler_conditioning!r}")
+        if not 0.0 <= cond_drop_prob <= 1.0:
+            raise ValueError(f"cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
         self.save_hyperparameters()
         self.clip = CLIPConditioner.load(clip_model, clip_pretrained)
         grid = dict(grid_tokens=self.clip.grid_tokens, grid_width=self.clip.grid_width)
@@ -120,41 +183,55 @@ class SEPEFineTuning(FrozenWeightsNotSaved, L.LightningModule):
         upsampler = build_model("upsample", **grid, **(upsampler_overrides or {})) if upsample_points else None
         if upsampler is not None and upsampler_checkpoint:
             load_official_checkpoint(upsampler, upsampler_checkpoint)
-        if fusion == "concat":
-            fuse = ConcatFusion(grid["grid_width"], self.clip.vector_width, base.width, base.width,
-                                lora_rank=fusion_lora_rank, cond_drop_prob=cond_drop_prob)
-        else:
-            fuse = CrossAttentionFusion(grid["grid_width"], self.clip.vector_width, base.width, fusion_heads,
-                                        cond_drop_prob=cond_drop_prob)
-            fuse.load_point_e_clip_embed(base)
-        base.requires_grad_(False)
-        if trainable == "last_blocks":
-            blocks = base.backbone.resblocks
-            if not 0 < num_trainable_blocks <= len(blocks):
-                raise ValueError(f"num_trainable_blocks must be in [1, {len(blocks)}], got {num_trainable_blocks}")
-            for block in blocks[len(blocks) - num_trainable_blocks:]:
-                block.requires_grad_(True)
-        else:
-            apply_lora(base.backbone, POINT_E_LORA_TARGETS, rank=lora_rank, alpha=lora_alpha)
-        if train_output_head if train_output_head is not None else not base_checkpoint:
-            base.ln_post.requires_grad_(True)
-            base.output_proj.requires_grad_(True)
-        self.net = SEPEConditionedModel(base, fuse)
-        self.upsampler = None
-        if upsampler is not None:
-            self.upsampler = SEPEConditionedModel(upsampler.requires_grad_(False), fuse)
-        # CLIP never goes into checkpoints; a file-loaded upsampler neither (it is re-read from its file).
-        self.frozen_prefixes = ("clip.",) + (("upsampler.model.",) if upsampler_checkpoint else ())
+        train_head = train_output_head if train_output_head is not None else not base_checkpoint
+        self.net = SEPEConditionedModel(base, self._fusion_for(base))
+        make_trainable(base, trainable, num_trainable_blocks, lora_rank, lora_alpha, train_head)
+        self.upsampler: nn.Module | None = None
+        self.fused_upsampler = upsampler is not None and upsampler_conditioning == "fused"
+        if self.fused_upsampler:
+            self.upsampler = SEPEConditionedModel(upsampler, self._fusion_for(upsampler))
+            up_head = train_output_head if train_output_head is not None else not upsampler_checkpoint
+            make_trainable(upsampler, trainable, num_trainable_blocks, lora_rank, lora_alpha, up_head)
+        elif upsampler is not None:
+            self.upsampler = upsampler.requires_grad_(False)   # Point-E's stage 2 as released
+        # CLIP never goes into checkpoints; a frozen file-loaded upsampler neither (it is re-read from its file).
+        frozen_upsampler = upsampler is not None and not self.fused_upsampler and upsampler_checkpoint
+        self.frozen_prefixes = ("clip.",) + (("upsampler.",) if frozen_upsampler else ())
         self.diffusion = GaussianDiffusion.from_schedule("cosine")
         self.upsampler_diffusion = GaussianDiffusion.from_schedule("linear")
         self._val_shown: dict | None = None
         self.test_chamfer = ChamferDistanceMetric(squared=chamfer_squared)
         self.test_emd = EarthMoversDistance(num_points=base_points)
-        self.test_r_precision = CLIPRPrecision(self.clip.model, self.clip.tokenizer, num_distractors=eval_num_distractors)
+        self.test_r_precision: CLIPRPrecision | None = None        # built in setup("test"): loads the eval CLIP
+        self.test_r_precision_cond: CLIPRPrecision | None = None
         self.test_fid = self.test_is = None
         if eval_feature_network:
             network = load_feature_network(eval_feature_network)
             self.test_fid, self.test_is = PointFID(network), PointIS(network)
+
+    def _fusion_for(self, model) -> ConcatFusion | CrossAttentionFusion:
+        """A fusion for ``model`` (base40M or the upsampler), warm-started from the model's own ``clip_embed``."""
+        hp = self.hparams
+        if hp.fusion == "concat":
+            fuse = ConcatFusion(model.grid_width, self.clip.vector_width, model.width, model.width,
+                                lora_rank=hp.fusion_lora_rank)
+        else:
+            fuse = CrossAttentionFusion(model.grid_width, self.clip.vector_width, model.width, hp.fusion_heads,
+                                        lora_rank=hp.fusion_lora_rank)
+        fuse.load_point_e_clip_embed(model)
+        return fuse
+
+    def setup(self, stage: str) -> None:
+        """Testing: the R-precision metrics, with the independent evaluation CLIP and the conditioning CLIP."""
+        if stage != "test" or self.test_r_precision_cond is not None:
+            return
+        hp = self.hparams
+        self.test_r_precision_cond = CLIPRPrecision(self.clip.model, self.clip.tokenizer,
+                                                    num_distractors=hp.eval_num_distractors)
+        if hp.eval_clip_model is not None:
+            model, tokenizer = load_clip(hp.eval_clip_model, hp.eval_clip_pretrained)
+            self.test_r_precision = CLIPRPrecision(model.to(self.device), tokenizer,
+                                                   num_distractors=hp.eval_num_distractors)
 
     # ---------------------------------------------------------------- inputs
     @torch.no_grad()
@@ -173,23 +250,38 @@ class SEPEFineTuning(FrozenWeightsNotSaved, L.LightningModule):
         return cond
 
     def batch_cloud(self, batch: dict) -> torch.Tensor:
-        """Cap3D batch (points [B,N,3] unit sphere, colors [B,N,3] 0..1) -> Point-E cloud [B,6,N] (xyz × xyz_scale,
-        RGB × 255)."""
+        """Cap3D batch (points [B,N,3] Cap3D's units, colors [B,N,3] 0..1) -> Point-E cloud [B,6,N] (xyz ×
+        xyz_scale, RGB × 255)."""
         if "points" not in batch:
             raise ValueError(f"batch holds no samples (all skipped: {dict(batch.get('skipped', {}))})")
         xyz = batch["points"].float() * self.hparams.xyz_scale
         return torch.cat([xyz, batch["colors"].float() * 255.0], dim=-1).transpose(1, 2).contiguous()
 
+    def split_cloud(self, cloud: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Served cloud [B,6,N] -> (base target [B,6,base_points]: its first points, upsampler target
+        [B,6,upsample_points]: the next ones, or None unless the upsampler is fused)."""
+        hp = self.hparams
+        need = hp.base_points + (hp.upsample_points if self.fused_upsampler else 0)
+        if cloud.shape[-1] < need:
+            raise ValueError(f"SEPE trains on {need} points per object (base_points {hp.base_points}"
+                             + (f" + upsample_points {hp.upsample_points} of the fused upsampler"
+                                if self.fused_upsampler else "") + f"); the data serves {cloud.shape[-1]}: raise "
+                             f"data.num_points")
+        upsample = cloud[:, :, hp.base_points:need] if self.fused_upsampler else None
+        return cloud[:, :, :hp.base_points], upsample
+
     # ---------------------------------------------------------------- losses
     def losses(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """All loss terms (batch means; geometric ones over t < geometric_max_t) from one model call: diffusion (mse + vb), chamfer, color, smooth,
-        uniform, and their weighted sum ``loss``."""
+        """All loss terms (batch means; geometric ones over t < geometric_max_t) from one base-model call:
+        diffusion (mse + vb), chamfer, color, smooth, uniform, with a fused upsampler its ``upsampler_diffusion``,
+        and their weighted sum ``loss``. Timesteps, noise and condition dropout are drawn from ``generator``."""
         hp = self.hparams
-        x0 = self.batch_cloud(batch)
+        x0, x0_up = self.split_cloud(self.batch_cloud(batch))
         cond = self.condition(batch["caption"], batch["image"])
         t = self.diffusion.sample_timesteps(x0.shape[0], x0.device, generator)
         noise = torch.randn(x0.shape, device=x0.device, generator=generator)
-        out = self.diffusion.training_losses(self.net, x0, t, cond, noise)
+        kwargs = drop_conditions(cond, hp.cond_drop_prob if self.training else 0.0, generator)
+        out = self.diffusion.training_losses(self.net, x0, t, kwargs, noise)
         pred = unscale_channels(out["pred_xstart"])            # x̂0 of the same call, data units
         radius = hp.uniform_radius if hp.uniform_radius is not None else mean_neighbour_distance(x0, hp.uniform_k)
         keep = torch.ones_like(t, dtype=torch.bool) if hp.geometric_max_t is None else t < hp.geometric_max_t
@@ -201,10 +293,24 @@ class SEPEFineTuning(FrozenWeightsNotSaved, L.LightningModule):
                  "uniform": (weights * uniformity(pred, radius, hp.uniform_k)).sum()}
         terms["loss"] = (terms["diffusion"] + hp.lambda_cd * terms["chamfer"] + hp.lambda_color * terms["color"]
                          + hp.lambda_smooth * terms["smooth"] + hp.lambda_uniform * terms["uniform"])
+        if x0_up is not None:
+            t_up = self.upsampler_diffusion.sample_timesteps(x0.shape[0], x0.device, generator)
+            noise_up = torch.randn(x0_up.shape, device=x0.device, generator=generator)
+            kwargs_up = drop_conditions({**cond, "low_res": x0}, hp.cond_drop_prob if self.training else 0.0,
+                                        generator)
+            out_up = self.upsampler_diffusion.training_losses(self.upsampler, x0_up, t_up, kwargs_up, noise_up)
+            terms["upsampler_diffusion"] = out_up["loss"].mean()
+            terms["loss"] = terms["loss"] + terms["upsampler_diffusion"]
         return terms
 
+    def step_generator(self, batch_idx: int) -> torch.Generator:
+        """The training step's generator, seeded by (seed, global step, micro-batch, rank): ``step_seed``."""
+        accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+        seed = step_seed(self.hparams.seed, self.global_step, batch_idx % accumulate, self.global_rank)
+        return torch.Generator(self.device).manual_seed(seed)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        terms = self.losses(batch)
+        terms = self.losses(batch, self.step_generator(batch_idx))
         b = len(batch["caption"])
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False, batch_size=b)
         self.log("train_loss", terms["loss"], prog_bar=True, logger=False, batch_size=b)
@@ -229,7 +335,8 @@ class SEPEFineTuning(FrozenWeightsNotSaved, L.LightningModule):
     def sampler(self, steps: int | None = None, guidance_scale: float | None = None,
                 upsampler_guidance_scale: float | None = None) -> PointCloudSampler:
         """Two-stage sampler (base then upsampler; base only when ``upsample_points`` is 0), Point-E's σ settings;
-        unset arguments take the module's ``sample_steps`` / guidance defaults."""
+        unset arguments take the module's ``sample_steps`` / guidance defaults. Stage 2 is Point-E's upsampler given
+        the image grid only (``upsampler_conditioning="image_grid"``), or the fused upsampler given every condition."""
         hp = self.hparams
         steps = steps or hp.sample_steps
         guidance = hp.guidance_scale if guidance_scale is None else guidance_scale
@@ -239,7 +346,8 @@ class SEPEFineTuning(FrozenWeightsNotSaved, L.LightningModule):
         if self.upsampler is not None:
             models.append(self.upsampler)
             diffusions.append(self.upsampler_diffusion)
-            stages.append(StageConfig(hp.upsample_points, up_guidance, steps, sigma_max=160.0))
+            stages.append(StageConfig(hp.upsample_points, up_guidance, steps, sigma_max=160.0,
+                                      cond_keys=None if self.fused_upsampler else ("grid",)))
         return PointCloudSampler(models, diffusions, stages)
 
     @torch.no_grad()
@@ -275,12 +383,15 @@ class SEPEFineTuning(FrozenWeightsNotSaved, L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         """Generate a cloud for every held-out (caption, image) and score it against the object's cloud:
-        Chamfer, EMD (base stage vs ground truth), CLIP R-precision, and P-FID / P-IS with a feature network."""
+        Chamfer, EMD (base stage vs ground truth), CLIP R-precision (evaluation CLIP and conditioning CLIP), and
+        P-FID / P-IS with a feature network."""
         clouds = self.generate(batch["caption"], batch["image"], None, self.batch_generator(batch))
         base, target = clouds[:, :, :self.hparams.base_points], self.batch_cloud(batch)
         self.test_chamfer.update(base, target)
         self.test_emd.update(base, target)
-        self.test_r_precision.update(clouds, batch["caption"])
+        for metric in (self.test_r_precision, self.test_r_precision_cond):
+            if metric is not None:
+                metric.update(clouds, batch["caption"], batch["uid"])
         if self.test_fid is not None:
             self.test_fid.update(target, real=True)
             self.test_fid.update(clouds)
@@ -288,15 +399,20 @@ class SEPEFineTuning(FrozenWeightsNotSaved, L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         scores = {"test/chamfer": self.test_chamfer.compute(), "test/emd": self.test_emd.compute()}
-        try:
-            scores["test/clip_r_precision"] = self.test_r_precision.compute()
-        except ValueError as err:  # fewer tested clouds than distractors + 1
-            rank_zero_info(f"SEPE test: CLIP R-precision not reported: {err}")
+        for key, metric in (("test/clip_r_precision", self.test_r_precision),
+                            ("test/clip_r_precision_cond_clip", self.test_r_precision_cond)):
+            if metric is None:
+                continue
+            try:
+                scores[key] = metric.compute()
+            except ValueError as err:  # fewer tested clouds than distractors + 1
+                rank_zero_info(f"SEPE test: {key} not reported: {err}")
         if self.test_fid is not None:
             scores["test/p_fid"] = self.test_fid.compute()
             scores["test/p_is"] = self.test_is.compute()[0]
         self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in scores.items()})
-        for metric in (self.test_chamfer, self.test_emd, self.test_r_precision, self.test_fid, self.test_is):
+        for metric in (self.test_chamfer, self.test_emd, self.test_r_precision, self.test_r_precision_cond,
+                       self.test_fid, self.test_is):
             if metric is not None:
                 metric.reset()
 
@@ -315,9 +431,11 @@ class SEPEFineTuning(FrozenWeightsNotSaved, L.LightningModule):
 
     # ---------------------------------------------------------------- optimisation
     def parameter_groups(self) -> list[dict]:
-        """AdamW groups: "fusion" (lr_fusion) and "backbone" (lr_backbone: unfrozen blocks or LoRA tensors)."""
-        fusion = [p for p in self.net.fusion.parameters() if p.requires_grad]
-        backbone = [p for p in self.net.model.parameters() if p.requires_grad]
+        """AdamW groups: "fusion" (lr_fusion: the fusion, and a fused upsampler's) and "backbone" (lr_backbone:
+        unfrozen blocks or LoRA tensors, and the output head when trained, of base40M and a fused upsampler)."""
+        fused = [self.net] + ([self.upsampler] if self.fused_upsampler else [])
+        fusion = [p for m in fused for p in m.fusion.parameters() if p.requires_grad]
+        backbone = [p for m in fused for p in m.model.parameters() if p.requires_grad]
         hp = self.hparams
         return [{"params": fusion, "lr": hp.lr_fusion, "name": "fusion"},
                 {"params": backbone, "lr": hp.lr_backbone, "name": "backbone"}]

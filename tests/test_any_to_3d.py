@@ -1,4 +1,5 @@
-"""Point-Bind any-to-3D with a tiny random Point-E text-vector model and a tiny random CLIP of matching width."""
+"""Point-Bind any-to-3D with tiny random Point-E text-vector / image-vector models and a tiny random CLIP of
+matching width."""
 import math
 
 import numpy as np
@@ -47,7 +48,7 @@ def seeded(seed=0):
 
 
 def test_generation_is_unscaled_coloured_and_sized(any3d):
-    clouds = any3d.generate(torch.randn(3, WIDTH), generator=seeded(), **FAST)
+    clouds = any3d.generate(torch.randn(3, WIDTH), "text", generator=seeded(), **FAST)
     assert clouds.shape == (3, 6, 24 + 12)
     xyz, rgb = clouds[:, :3], clouds[:, 3:]
     # clip_denoised keeps model space in [-1, 1]: xyz (× 2 there) in [-0.5, 0.5], RGB back in 0..255
@@ -57,20 +58,20 @@ def test_generation_is_unscaled_coloured_and_sized(any3d):
 
 def test_condition_changes_the_cloud_and_the_seed_fixes_it(any3d):
     a, b = torch.randn(2, WIDTH, generator=seeded(1))
-    first = any3d.generate(torch.stack([a, b]), generator=seeded(), **FAST)
-    again = any3d.generate(torch.stack([a, b]), generator=seeded(), **FAST)
+    first = any3d.generate(torch.stack([a, b]), "text", generator=seeded(), **FAST)
+    again = any3d.generate(torch.stack([a, b]), "text", generator=seeded(), **FAST)
     torch.testing.assert_close(first, again)
     assert (first[0] - first[1]).abs().max() > 1e-3
     # the norm of an embedding does not matter: it is L2-normalised first
-    torch.testing.assert_close(any3d.generate(torch.stack([7 * a, b]), generator=seeded(), **FAST), first)
+    torch.testing.assert_close(any3d.generate(torch.stack([7 * a, b]), "text", generator=seeded(), **FAST), first)
 
 
 def test_vector_given_to_embed_vector_is_unit_norm_times_sqrt_width(any3d):
     seen = []
-    handle = any3d.base.clip_embed.register_forward_hook(lambda module, inputs, out: seen.append(inputs[0].clone()))
+    handle = any3d.bases["text"].clip_embed.register_forward_hook(lambda module, inputs, out: seen.append(inputs[0].clone()))
     try:
         embeddings = 5 * torch.randn(2, WIDTH, generator=seeded(2))
-        any3d.generate(embeddings, generator=seeded(), steps=1)
+        any3d.generate(embeddings, "text", generator=seeded(), steps=1)
     finally:
         handle.remove()
     assert seen, "the base model's clip_embed was never called"
@@ -79,32 +80,32 @@ def test_vector_given_to_embed_vector_is_unit_norm_times_sqrt_width(any3d):
         torch.testing.assert_close(vector[:2], expected)
         assert torch.all(vector[2:] == 0)
     # and that is what the model's own embed_vector computes from the unit vector
-    token = any3d.base.embed_vector(F.normalize(embeddings, dim=-1))
-    torch.testing.assert_close(token[:, 0], any3d.base.clip_embed(expected))
+    token = any3d.bases["text"].embed_vector(F.normalize(embeddings, dim=-1))
+    torch.testing.assert_close(token[:, 0], any3d.bases["text"].clip_embed(expected))
 
 
 def test_width_mismatch_names_both_widths(any3d):
     with pytest.raises(EmbeddingWidthMismatch, match=rf"{WIDTH + 4}-d.*{WIDTH}-d"):
-        any3d.generate(torch.randn(2, WIDTH + 4), **FAST)
+        any3d.generate(torch.randn(2, WIDTH + 4), "text", **FAST)
 
 
 def test_text_image_and_point_inputs_go_through_the_joint_space(any3d, point_bind):
     texts = ["a chair", "an airplane"]
     torch.testing.assert_close(any3d.from_text(point_bind, texts, generator=seeded(), **FAST),
-                               any3d.generate(point_bind.embed_texts(texts), generator=seeded(), **FAST))
+                               any3d.generate(point_bind.embed_texts(texts), "text", generator=seeded(), **FAST))
     images = torch.randint(0, 256, (2, 40, 48, 3), dtype=torch.uint8, generator=seeded(3))
     torch.testing.assert_close(any3d.from_images(point_bind, images, generator=seeded(), **FAST),
-                               any3d.generate(point_bind.embed_images(images), generator=seeded(), **FAST))
+                               any3d.generate(point_bind.embed_images(images), "image", generator=seeded(), **FAST))
     points = torch.rand(2, 64, 3, generator=seeded(4)) * 3 + 1        # off-centre: from_points normalises it
     centred = points - points.mean(1, keepdim=True)
     unit = centred / centred.norm(dim=-1).amax(1)[:, None, None]
     with torch.no_grad():
-        reference = any3d.generate(point_bind(unit), generator=seeded(), **FAST)
+        reference = any3d.generate(point_bind(unit), "text", generator=seeded(), **FAST)
     torch.testing.assert_close(any3d.from_points(point_bind, points, generator=seeded(), **FAST), reference)
 
 
 def test_write_clouds_round_trips(any3d, tmp_path):
-    clouds = any3d.generate(torch.randn(2, WIDTH, generator=seeded(5)), generator=seeded(), **FAST)
+    clouds = any3d.generate(torch.randn(2, WIDTH, generator=seeded(5)), "text", generator=seeded(), **FAST)
     files = write_clouds(clouds, tmp_path / "out", ["0000_chair", "0001_plane"], ["text: chair", "points: x.ply"])
     assert [[p.name for p in f] for f in files] == [["0000_chair.ply", "0000_chair.npz"],
                                                     ["0001_plane.ply", "0001_plane.npz"]]
@@ -139,3 +140,45 @@ def test_read_points_formats_and_errors(tmp_path):
         read_points(tmp_path / "c.obj", 1)
     with pytest.raises(PointCloudFileError, match=r"missing\.ply does not exist"):
         read_points(tmp_path / "missing.ply", 1)
+
+
+def test_each_modality_goes_to_the_model_trained_on_it(any3d, point_bind):
+    """Text embeddings condition base40M-textvec, image embeddings base40M-imagevec (CLIP image and text vectors
+    lie in different regions of the space); point embeddings go to the model ``points_route`` names."""
+    calls = []
+    handles = [model.clip_embed.register_forward_hook(lambda m, i, o, route=route: calls.append(route))
+               for route, model in any3d.bases.items()]
+    images = torch.randint(0, 256, (1, 40, 48, 3), dtype=torch.uint8, generator=seeded(6))
+    points = torch.rand(1, 64, 3, generator=seeded(7))
+    try:
+        for call, route in ((lambda: any3d.from_text(point_bind, ["a chair"], **FAST), "text"),
+                            (lambda: any3d.from_images(point_bind, images, **FAST), "image"),
+                            (lambda: any3d.from_points(point_bind, points, **FAST), "text")):
+            calls.clear()
+            call()
+            assert calls and set(calls) == {route}
+        any3d.points_route = "image"
+        calls.clear()
+        any3d.from_points(point_bind, points, **FAST)
+        assert calls and set(calls) == {"image"}
+    finally:
+        any3d.points_route = "text"
+        for handle in handles:
+            handle.remove()
+    assert any3d.bases["image"].conditioning == "image_vector" and any3d.bases["text"].conditioning == "text_vector"
+    with pytest.raises(ValueError, match="points_route"):
+        AnyTo3D(base_options=dict(TINY_POINT_E, vector_width=WIDTH), points_route="audio")
+    with pytest.raises(ValueError, match="route must be"):
+        any3d.generate(torch.randn(1, WIDTH), "audio", **FAST)
+
+
+def test_command_line_asks_for_the_checkpoint_each_input_needs():
+    from pointbind.any_to_3d import _parse
+    with pytest.raises(SystemExit):
+        _parse(["--pointbind-checkpoint", "x.ckpt", "--textvec-checkpoint", "t.pt", "--image", "a.png"])
+    with pytest.raises(SystemExit):
+        _parse(["--pointbind-checkpoint", "x.ckpt", "--textvec-checkpoint", "t.pt", "--points", "a.ply",
+                "--points-route", "image"])
+    args = _parse(["--pointbind-checkpoint", "x.ckpt", "--imagevec-checkpoint", "i.pt", "--image", "a.png",
+                   "--points", "a.ply", "--points-route", "image"])
+    assert args.points_route == "image" and args.textvec_checkpoint is None

@@ -183,7 +183,7 @@ def test_split_by_uid_hash_is_deterministic_and_follows_the_fractions():
 
 def test_datamodule_serves_triplets(cap3d, tmp_path):
     root, info = cap3d
-    dm = _dm(root, tmp_path)
+    dm = _dm(root, tmp_path, normalize=True)
     dm.prepare_data()
     dm.setup("fit")
     by_uid = {o["uid"]: o for o in info["objects"]}
@@ -324,3 +324,58 @@ def test_builtin_root_is_generated_but_a_missing_user_root_is_an_error(tmp_path,
     missing = cap3d_dm.Cap3DDataModule(str(tmp_path / "mine"), subset="ABO", num_points=64, num_workers=0)
     with pytest.raises(FileNotFoundError, match="mine"):
         missing.prepare_data()
+
+
+def test_clouds_are_served_in_cap3ds_own_units_by_default(cap3d, tmp_path):
+    """Cap3D's clouds are already in Point-E's units: served unchanged (no re-centring, no rescaling) unless
+    ``normalize``; the same points, in the same order, either way."""
+    root, _ = cap3d
+    raw = _dm(root, tmp_path, split_fractions=(1.0, 0.0), batch_size=10)
+    raw.setup("fit")
+    batch = next(iter(raw.train_dataloader()))
+    for uid, points in zip(batch["uid"], batch["points"]):
+        xyz, _ = read_point_cloud(root / POINT_DIR / f"{uid}.pt")
+        idx = raw.datasets["train"].selector(xyz, uid, uid)
+        np.testing.assert_array_equal(points.numpy(), xyz[idx])
+    extent = batch["points"].amax(1) - batch["points"].amin(1)
+    np.testing.assert_allclose(extent.amax(1).numpy(), 1.0, atol=0.02)      # the generator's ±0.5 box, unshrunk
+    normalized = _dm(root, tmp_path, split_fractions=(1.0, 0.0), batch_size=10, normalize=True)
+    normalized.setup("fit")
+    unit = next(iter(normalized.train_dataloader()))
+    assert unit["uid"] == batch["uid"]
+    centred = batch["points"] - batch["points"].mean(1, keepdim=True)
+    torch.testing.assert_close(unit["points"], centred / centred.norm(dim=-1).amax(1)[:, None, None], atol=1e-5,
+                               rtol=0)
+
+
+@pytest.mark.parametrize("fractions", [(0.5, 0.5), (0.9, 0.1), (1.0, 0.0)])
+def test_two_fractions_have_no_test_split(cap3d, tmp_path, fractions):
+    """The test split is never the validation split: with (train, val) fractions there is no test split."""
+    with pytest.raises(ValueError, match="no test split; give three"):
+        _dm(cap3d[0], tmp_path, split_fractions=fractions).test_dataloader()
+
+
+def test_three_fractions_give_disjoint_val_and_test_splits(cap3d, tmp_path):
+    dm = _dm(cap3d[0], tmp_path, split_fractions=(0.4, 0.3, 0.3), load_images=False, batch_size=10)
+    val = {u for b in dm.val_dataloader() for u in b["uid"]}
+    test = {u for b in dm.test_dataloader() for u in b["uid"]}
+    assert val and test and not val & test
+    assert test == {o.uid for o in dm.splits()["test"]}
+
+
+def test_generator_options_separate_caption_and_image_facts(tmp_path):
+    """``grey_views``: the views show the shape in one grey; ``shape_in_caption=False``: the caption names the
+    colour, not the shape; ``shapes`` / ``colors`` / ``two_tone_prob`` restrict the draws."""
+    info = generate_cap3d(tmp_path, num_objects=6, views=2, image_size=32, points=1024, shapes=("sphere", "cube"),
+                          colors=("red", "blue"), two_tone_prob=0.0, shape_in_caption=False, grey_views=True)
+    for obj in info["objects"]:
+        assert obj["shape"] in ("sphere", "cube") and obj["color"] == obj["top_color"] in ("red", "blue")
+        assert obj["caption"].endswith(f"{obj['color']} object")
+        rgba = RenderedViews(tmp_path / VIEW_DIR / obj["uid"]).rgba("00000")
+        visible = rgba[..., 3] > 0
+        rgb = rgba[..., :3][visible].astype(int)
+        assert visible.any() and np.all(rgb[:, 0] == rgb[:, 1]) and np.all(rgb[:, 1] == rgb[:, 2])   # grey
+        _, colors = read_point_cloud(tmp_path / POINT_DIR / f"{obj['uid']}.pt")
+        np.testing.assert_array_equal(colors, np.broadcast_to(COLORS[obj["color"]], colors.shape))
+    with pytest.raises(ValueError, match="unknown"):
+        generate_cap3d(tmp_path / "x", num_objects=1, shapes=("blob",))

@@ -1,5 +1,6 @@
-"""Tests for sepe.fusion: Option A (concat + LoRA MLP), Option B (cross-attention + attention pooling), and
-driving a Point-E model through its own token layout. CPU, tiny widths."""
+"""Tests for sepe.fusion: Option A (concat MLP), Option B (cross-attention + attention pooling), both built as the
+Point-E model's clip_embed(grid) plus a text-driven update that is zero at initialisation; driving a Point-E model
+through its own token layout; classifier-free dropout. CPU, tiny widths."""
 import math
 
 import pytest
@@ -9,16 +10,28 @@ from torch import nn
 
 from lang3d.lora import LoRALinear
 from lang3d.point_e import build_model
-from sepe.fusion import ConcatFusion, CrossAttentionFusion, drop_pair, forward_with_condition
+from sepe.conditioned_model import SEPEConditionedModel
+from sepe.fusion import ConcatFusion, CrossAttentionFusion, drop_conditions, forward_with_condition
 
 GW, TW, W, T, L = 24, 20, 32, 5, 6           # grid width, text width, model width, grid tokens, text length
 TINY = dict(width=W, layers=2, heads=2, grid_tokens=T, grid_width=GW)
 
 
+def randomise(module: nn.Module, seed: int, std: float = 0.2) -> None:
+    """Every parameter ~ N(0, std²) (LayerNorm weights around 1): no zero-initialised layer is left, so every
+    path of the module carries signal."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            around_one = isinstance(module.get_submodule(name.rpartition(".")[0]), nn.LayerNorm) and name.endswith(
+                "weight")
+            p.copy_(std * torch.randn(p.shape, generator=g) + (1.0 if around_one else 0.0))
+
+
 def tiny(name="base40M", seed=0):
     torch.manual_seed(seed)
     model = build_model(name, **TINY).eval()
-    nn.init.normal_(model.output_proj.weight, std=0.1)     # official init is zero: outputs would ignore the input
+    randomise(model, seed + 100)                           # random weights, output_proj included
     return model
 
 
@@ -33,7 +46,7 @@ def inputs(b=2, seed=0):
 
 def concat_fusion(**kw):
     torch.manual_seed(1)
-    return ConcatFusion(grid_width=GW, text_width=TW, out_width=W, hidden_width=16, **kw).eval()
+    return ConcatFusion(grid_width=GW, text_width=TW, width=W, hidden_width=16, **kw).eval()
 
 
 def cross_fusion(**kw):
@@ -41,39 +54,57 @@ def cross_fusion(**kw):
     return CrossAttentionFusion(grid_width=GW, text_width=TW, width=W, heads=2, **kw).eval()
 
 
+@pytest.mark.parametrize("name", ["base40M", "upsample"])
+@pytest.mark.parametrize("make", [concat_fusion, cross_fusion])
+@pytest.mark.parametrize("lora_rank", [4, None])
+def test_fused_model_starts_exactly_as_the_point_e_model(name, make, lora_rank):
+    """Warm start: at initialisation the fused model is the released model given the same image grid, for any
+    text, with random (non-zero) Point-E weights."""
+    model = tiny(name)
+    fusion = make(lora_rank=lora_rank)
+    fusion.load_point_e_clip_embed(model)
+    fused = SEPEConditionedModel(model, fusion).eval()
+    grid, text, tokens, mask = inputs()
+    x, t = torch.randn(2, 6, 7), torch.tensor([10, 900])
+    extra = {"low_res": torch.randn(2, 6, 4) * 0.3} if name == "upsample" else {}
+    text_kw = {"text_vector": text} if make is concat_fusion else {"text_tokens": tokens, "text_mask": mask}
+    reference = model(x, t, grid=grid, **extra)
+    assert reference.abs().mean() > 0.1                                # the reference is not trivially zero
+    torch.testing.assert_close(fused(x, t, grid=grid, **text_kw, **extra), reference, rtol=0, atol=1e-6)
+    # ... and the text is what later moves it: once the zero-initialised update layers are non-zero it matters
+    randomise(fusion, 7)
+    other = ({"text_vector": F.normalize(torch.randn(2, TW), dim=-1)} if make is concat_fusion else
+             {"text_tokens": torch.randn(2, L, TW), "text_mask": mask})
+    assert not torch.allclose(fused(x, t, grid=grid, **text_kw, **extra), fused(x, t, grid=grid, **other, **extra),
+                              atol=1e-4)
+
+
 def test_concat_fusion_matches_per_patch_computation():
     fusion = concat_fusion(lora_rank=4)
-    assert isinstance(fusion.fc1, LoRALinear) and isinstance(fusion.fc2, LoRALinear) and fusion.fc1.rank == 4
-    for layer in (fusion.fc1, fusion.fc2):
-        nn.init.normal_(layer.lora_B, std=0.1)
+    norm, proj = fusion.image_embed
+    assert isinstance(proj, LoRALinear) and proj.rank == 4 and not norm.weight.requires_grad
+    assert type(fusion.fc1) is nn.Linear and fusion.fc1.weight.requires_grad
+    assert torch.all(fusion.fc2.weight == 0) and torch.all(fusion.fc2.bias == 0)      # zero-initialised output
+    randomise(fusion, 3)
     grid, text, _, _ = inputs()
     out = fusion(grid, text)
     assert out.shape == (2, T, W)
-    g = fusion.grid_norm
     for b in range(2):
         for n in range(T):
-            patch = F.layer_norm(grid[b, n], (GW,), g.weight, g.bias)
+            patch = F.layer_norm(grid[b, n], (GW,), norm.weight, norm.bias)
             x = torch.cat([patch, math.sqrt(TW) * text[b]])         # the same text vector on every patch
-            h = F.gelu(fusion.fc1.merged_weight() @ x + fusion.fc1.bias)
-            torch.testing.assert_close(out[b, n], fusion.fc2.merged_weight() @ h + fusion.fc2.bias)
+            h = F.gelu(fusion.fc1.weight @ x + fusion.fc1.bias)
+            expected = proj.merged_weight() @ patch + proj.bias + fusion.fc2.weight @ h + fusion.fc2.bias
+            torch.testing.assert_close(out[b, n], expected)
     plain = concat_fusion(lora_rank=None)
-    assert type(plain.fc1) is nn.Linear and all(p.requires_grad for p in plain.parameters())
+    assert type(plain.image_embed[1]) is nn.Linear and all(p.requires_grad for p in plain.parameters())
 
 
 def test_fusion_drives_point_e_through_its_token_layout():
     model = tiny()
-    grid, text, tokens, mask = inputs()
+    grid, _, _, _ = inputs()
     x, t = torch.randn(2, 6, 7), torch.tensor([10, 500])
-    # The fused tokens sit exactly where base40M's embedded grid sits: with cond = embed_grid(grid) the output
-    # is base40M's own.
     torch.testing.assert_close(forward_with_condition(model, x, t, model.embed_grid(grid)), model(x, t, grid=grid))
-    other = F.normalize(torch.randn(2, TW), dim=-1)
-    for fusion, a, b in ((concat_fusion(), (grid, text), (grid, other)),
-                         (cross_fusion(), (grid, tokens, mask), (grid, tokens + torch.randn_like(tokens), mask))):
-        out = forward_with_condition(model, x, t, fusion(*a))
-        assert out.shape == (2, 12, 7)
-        assert not torch.allclose(out, forward_with_condition(model, x, t, fusion(*b)), atol=1e-4)   # text matters
-
     up = tiny("upsample")
     low_res = torch.rand(2, 6, 4) * torch.tensor([1, 1, 1, 255, 255, 255.0]).view(1, 6, 1) - 0.5
     torch.testing.assert_close(forward_with_condition(up, x, t, up.embed_grid(grid), low_res=low_res),
@@ -106,6 +137,7 @@ def naive_attend(fusion, x, tokens, mask):
 
 def test_cross_attention_fusion_equations():
     fusion = cross_fusion()
+    randomise(fusion, 4)
     grid, _, tokens, mask = inputs()
     x = fusion.image_embed(grid)
     feats = fusion.attend(x, tokens, mask)
@@ -124,15 +156,22 @@ def test_cross_attention_fusion_equations():
     assert not torch.allclose(out[:, 0], out[:, 1])                   # per-patch tokens, not one broadcast vector
 
 
-def test_cross_attention_gradients_and_masking():
-    fusion = cross_fusion().train()
-    fusion.cond_drop_prob = 0.0
+def test_cross_attention_learns_from_the_zero_start_and_masks_padding():
+    """At initialisation the text-driven layers get gradient (out_proj, the pooled LayerNorm); after one step
+    the attention's q/k/v do too."""
+    fusion = cross_fusion(lora_rank=None).train()
     grid, _, tokens, mask = inputs()
-    (fusion(grid, tokens, mask) * torch.randn(2, T, W)).sum().backward()
-    for name in ("q_proj.weight", "k_proj.weight", "v_proj.weight", "pool_query", "pool_proj.weight",
-                 "image_embed.1.weight"):
-        grad = dict(fusion.named_parameters())[name].grad
-        assert grad is not None and grad.abs().sum() > 0, name
+    target = torch.randn(2, T, W)
+    opt = torch.optim.SGD(fusion.parameters(), lr=0.1)
+    for step in range(2):
+        opt.zero_grad()
+        (fusion(grid, tokens, mask) * target).sum().backward()
+        grads = {name: p.grad for name, p in fusion.named_parameters()}
+        live = {"out_proj.weight", "pool_norm.weight", "image_embed.1.weight"} if step == 0 else set(grads)
+        for name in live:
+            if name != "k_proj.bias":   # adds the same score to every key of a query: softmax ignores it
+                assert grads[name] is not None and grads[name].abs().sum() > 0, (step, name)
+        opt.step()
 
     fusion.eval()
     out = fusion(grid, tokens, mask)
@@ -154,36 +193,36 @@ def test_cross_attention_gradients_and_masking():
         fusion(grid[..., :-1], tokens, mask)
 
 
-def test_clip_embed_init_and_condition_dropout():
-    model, fusion = tiny(), cross_fusion()
+def test_clip_embed_copy_and_condition_dropout():
+    model = tiny()
     grid, text, tokens, mask = inputs()
-    fusion.load_point_e_clip_embed(model)
-    torch.testing.assert_close(fusion.image_embed(grid), model.embed_grid(grid), rtol=0, atol=0)
+    for fusion in (concat_fusion(), cross_fusion(), cross_fusion(lora_rank=None)):
+        fusion.load_point_e_clip_embed(model)
+        torch.testing.assert_close(fusion.image_embed(grid), model.embed_grid(grid), rtol=0, atol=0)
     with pytest.raises(ValueError, match="clip_embed"):
         CrossAttentionFusion(grid_width=GW + 1, text_width=TW, width=W, heads=2).load_point_e_clip_embed(model)
 
-    for fusion, cond, zero in ((concat_fusion(cond_drop_prob=1.0), (grid, text), (grid * 0, text * 0)),
-                               (cross_fusion(cond_drop_prob=1.0), (grid, tokens, mask),
-                                (grid * 0, tokens * 0, mask))):
-        dropped = fusion.train()(*cond)
-        torch.testing.assert_close(dropped, fusion.eval()(*zero))   # dropped = the unconditional input
-        assert not torch.allclose(fusion(*cond), dropped)            # eval: no dropout
-
-    a, b = torch.ones(4000, 3), torch.ones(4000, 2, 2)
-    da, db = drop_pair(a, b, 0.3, training=True)
-    assert torch.equal(da[:, 0] == 0, db[:, 0, 0] == 0)              # one draw per sample for both
-    assert 0.25 < (da[:, 0] == 0).float().mean() < 0.35
-    assert drop_pair(a, b, 0.3, training=False)[0] is a
-    with pytest.raises(ValueError, match="cond_drop_prob"):
-        ConcatFusion(cond_drop_prob=1.5)
+    # a dropped sample is exactly the unconditional input of sampling (zero tensors; the mask is kept)
+    cond = {"grid": grid, "text_tokens": tokens, "text_mask": mask}
+    dropped = drop_conditions(cond, 1.0, torch.Generator().manual_seed(0))
+    assert torch.all(dropped["grid"] == 0) and torch.all(dropped["text_tokens"] == 0)
+    assert dropped["text_mask"] is mask
+    assert drop_conditions(cond, 0.0)["grid"] is grid
+    big = {"grid": torch.ones(4000, 3), "text_vector": torch.ones(4000, 2, 2)}
+    a = drop_conditions(big, 0.3, torch.Generator().manual_seed(1))
+    b = drop_conditions(big, 0.3, torch.Generator().manual_seed(1))
+    assert torch.equal(a["grid"], b["grid"])                         # the draws come from the generator
+    assert torch.equal(a["grid"][:, 0] == 0, a["text_vector"][:, 0, 0] == 0)    # one draw per sample for all
+    assert 0.25 < (a["grid"][:, 0] == 0).float().mean() < 0.35
     with pytest.raises(ValueError, match="text vector"):
         concat_fusion()(grid, tokens)
 
 
 def test_paper_sizes():
-    """Defaults are the paper's: ViT-L/14 grid [B,256,1024], text 768 -> base40M's [B,256,512] condition."""
+    """Defaults are the paper's: ViT-L/14 grid [B,256,1024], text 768 -> base40M's [B,256,512] condition; LoRA
+    rank 8 on the fusion's copy of clip_embed."""
     grid = torch.randn(1, 256, 1024)
     assert ConcatFusion().eval()(grid, F.normalize(torch.randn(1, 768), dim=-1)).shape == (1, 256, 512)
-    assert ConcatFusion().fc1.rank == 8
+    assert ConcatFusion().image_embed[1].rank == 8
     states, mask = torch.randn(1, 77, 768), torch.arange(77)[None] < 9
     assert CrossAttentionFusion().eval()(grid, states, mask).shape == (1, 256, 512)

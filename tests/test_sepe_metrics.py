@@ -138,11 +138,40 @@ def test_clip_r_precision_smoke_through_renderer_and_clip():
     clouds = _cloud(4, 200, 10)
     emb = m.embed_clouds(clouds)
     assert emb.shape == (4, 16) and torch.allclose(emb.norm(dim=-1), torch.ones(4), atol=1e-5)
-    m.update(clouds[:2], ["a red chair", "a blue table"])
-    m.update(clouds[2:], ["a green lamp", "a wooden box"])
+    m.update(clouds[:2], ["a red chair", "a blue table"], ["u0", "u1"])
+    m.update(clouds[2:], ["a green lamp", "a wooden box"], ["u2", "u3"])
     value = m.compute()
-    expected = r_precision_hits(torch.cat(m.image_emb), torch.cat(m.text_emb), 2).float().mean()
+    order = torch.argsort(torch.cat(m.keys))
+    expected = r_precision_hits(torch.cat(m.image_emb)[order], torch.cat(m.text_emb)[order], 2).float().mean()
     assert value == expected and 0.0 <= value.item() <= 1.0
     assert not any(k.startswith("clip") for k in m.state_dict())
     m.reset()
     assert len(m.image_emb) == 0
+
+
+def test_clip_r_precision_does_not_depend_on_how_samples_are_split_or_ordered():
+    """Under DDP each process scores a shard and the states are gathered in rank order: the distractors must follow
+    the samples (ordered by name), so 1, 2 or 3 processes, or any batch order, give the same score."""
+    torch.manual_seed(0)
+    model, tokenizer = load_clip("lang3d-tiny-ViT")
+    clouds = _cloud(12, 150, 11)
+    captions = [f"object number {i}" for i in range(12)]
+    names = [f"uid{i:02d}" for i in range(12)]
+
+    def score(shards):
+        """Simulate gathering: each shard's update, states concatenated in shard order. Returns the score and the
+        score of distractors picked by position in the gathered list."""
+        m = CLIPRPrecision(model, tokenizer, num_distractors=5, azimuths=(0.0,))
+        for shard in shards:
+            m.update(clouds[shard], [captions[i] for i in shard], [names[i] for i in shard])
+        positional = r_precision_hits(torch.cat(m.image_emb), torch.cat(m.text_emb), 5).float().mean().item()
+        return m.compute().item(), positional
+
+    one = score([list(range(12))])
+    two = score([list(range(0, 12, 2)), list(range(1, 12, 2))])      # DistributedSampler's interleaving
+    three = score([list(range(2, 12, 3)), list(range(0, 12, 3)), list(range(1, 12, 3))])
+    shuffled = score([[5, 3, 11, 0], [7, 1, 2, 9, 10, 4, 6, 8]])
+    assert one[0] == two[0] == three[0] == shuffled[0]
+    assert len({one[1], two[1], three[1], shuffled[1]}) > 1        # by position, the split would change the score
+    with pytest.raises(ValueError, match="sample names"):
+        CLIPRPrecision(model, tokenizer, num_distractors=1).update(clouds[:2], captions[:2], names[:1])

@@ -22,7 +22,8 @@ TINY = dict(width=32, layers=3, heads=2)
 def make_module(**kw):
     args = dict(clip_model="lang3d-tiny-ViT", clip_pretrained=None, model_overrides=TINY,
                 upsampler_overrides=TINY, base_points=48, upsample_points=32, sample_steps=2, val_sample_steps=2,
-                fusion_heads=2, lr_fusion=3e-3, lr_backbone=1e-3)
+                fusion_heads=2, lr_fusion=3e-3, lr_backbone=1e-3, eval_clip_model="lang3d-tiny-ViT",
+                eval_clip_pretrained=None)
     return SEPEFineTuning(**{**args, **kw})
 
 
@@ -76,8 +77,10 @@ def test_last_blocks_trainable_only():
     assert any(n.startswith("net.model.backbone.resblocks.2.") for n in names)
     assert not any(n.startswith(("clip.", "upsampler.model.", "net.model.clip_embed")) for n in names)
     assert "net.model.output_proj.weight" not in names   # given base weights, the head stays frozen
-    # the concat MLP is LoRALinear (rank 8): its frozen bases are not trainable, A/B are
-    assert "net.fusion.fc1.lora_A" in names and "net.fusion.fc1.weight" not in names
+    # the fusion's copy of clip_embed is LoRALinear (rank 8): its copied weights are frozen, A/B train; the
+    # text MLP is plain and trainable
+    assert {"net.fusion.image_embed.1.lora_A", "net.fusion.fc1.weight", "net.fusion.fc2.weight"} <= names
+    assert "net.fusion.image_embed.1.weight" not in names
     # random init (no base checkpoint): the zero-initialised read-out is trained too, else no gradient flows
     assert {"net.model.output_proj.weight", "net.model.ln_post.weight"} <= trainable_names(make_module())
 
@@ -180,16 +183,148 @@ def test_fit_with_validation_logs(tmp_path, cap3d_root):
 
 
 def test_test_stage_scores_generated_clouds(tmp_path, cap3d_root):
-    """Chamfer and EMD against the ground truth for every held-out object; R-precision once there are more clouds
-    than distractors (here: 1 distractor); P-FID / P-IS with a feature network checkpoint."""
+    """Chamfer and EMD against the ground truth for every test object; R-precision with the independent evaluation
+    CLIP and with the conditioning CLIP once there are more clouds than distractors (here: 1 distractor); P-FID /
+    P-IS with a feature network checkpoint."""
     from sepe.pointcloud_features import PointNet2Classification
     network = tmp_path / "pn2.ckpt"
     torch.save({"hyper_parameters": {"num_classes": 4, "width": 1},
                 "state_dict": PointNet2Classification(num_classes=4, width=1).state_dict()}, network)
-    dm = datamodule(cap3d_root, split_fractions=(0.5, 0.5), batch_size=2, drop_last=False)
+    dm = datamodule(cap3d_root, split_fractions=(0.4, 0.2, 0.4), batch_size=2, drop_last=False, num_points=48)
+    assert len(dm.splits()["test"]) == 4
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     module = make_module(upsample_points=0, eval_num_distractors=1, eval_feature_network=str(network))
     scores = trainer.test(module, datamodule=dm)[0]
-    for key in ("test/chamfer", "test/emd", "test/clip_r_precision", "test/p_fid", "test/p_is"):
+    for key in ("test/chamfer", "test/emd", "test/clip_r_precision", "test/clip_r_precision_cond_clip", "test/p_fid",
+                "test/p_is"):
         assert key in scores and np.isfinite(scores[key]), key
-    assert 0.0 <= scores["test/clip_r_precision"] <= 1.0
+        assert "r_precision" not in key or 0.0 <= scores[key] <= 1.0
+    # the reported R-precision uses its own CLIP, not the one the generator is conditioned on
+    assert module.test_r_precision.clip is not module.clip.model
+    assert module.test_r_precision_cond.clip is module.clip.model
+    with pytest.raises(ValueError, match="no test split"):
+        datamodule(cap3d_root, split_fractions=(0.5, 0.5)).test_dataloader()
+
+
+def _perturb(module: torch.nn.Module, seed: int, std: float = 0.2) -> None:
+    """Every trainable tensor of ``module`` += N(0, std²): a stand-in for fine-tuned weights."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(std * torch.randn(p.shape, generator=g))
+
+
+def _random_point_e(module: SEPEFineTuning, seed: int = 5) -> None:
+    """Non-zero output projections in both Point-E models (a fresh model's is zero: every output the same)."""
+    g = torch.Generator().manual_seed(seed)
+    for model in (module.net.model, module.upsampler if not module.fused_upsampler else module.upsampler.model):
+        with torch.no_grad():
+            model.output_proj.weight.copy_(0.3 * torch.randn(model.output_proj.weight.shape, generator=g))
+
+
+def _images(n):
+    return torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+
+
+def _point_e_two_stage(module: SEPEFineTuning, upsampler, prompts, images, steps, seed):
+    """Point-E's own two-stage sampling with the module's Point-E models (no fusion): base40M, then the upsampler
+    given the image grid, both conditioned on clip_embed of the CLIP grid."""
+    from lang3d.point_e import GaussianDiffusion, PointCloudSampler, StageConfig
+    hp = module.hparams
+    sampler = PointCloudSampler(
+        [module.net.model, upsampler],
+        [GaussianDiffusion.from_schedule("cosine"), GaussianDiffusion.from_schedule("linear")],
+        [StageConfig(hp.base_points, 3.0, steps, sigma_max=120.0, s_churn=3.0),
+         StageConfig(hp.upsample_points, 3.0, steps, sigma_max=160.0)])
+    grid = module.clip.embed_images_grid(list(images.numpy()))
+    return sampler.sample(len(prompts), {"grid": grid}, torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("fusion", ["concat", "cross_attention"])
+@pytest.mark.parametrize("upsampler_conditioning", ["image_grid", "fused"])
+def test_generation_starts_as_point_e_two_stage(fusion, upsampler_conditioning):
+    """At initialisation (fusions unchanged) SEPE's two-stage sample is Point-E's, whichever stage-2 choice."""
+    module = make_module(fusion=fusion, upsampler_conditioning=upsampler_conditioning).eval()
+    _random_point_e(module)
+    prompts, images = ["a red chair", "a tall blue lamp"], _images(2)
+    ours = module.generate(prompts, images, steps=3, generator=torch.Generator().manual_seed(11))
+    upsampler = module.upsampler if upsampler_conditioning == "image_grid" else module.upsampler.model
+    reference = _point_e_two_stage(module, upsampler, prompts, images, 3, 11)
+    assert ours.shape == (2, 6, 48 + 32)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+
+
+def test_stage_two_gets_point_e_condition_whatever_the_fusion():
+    """Default stage 2: the frozen upsampler conditioned on its own clip_embed of the image grid (as Point-E), even
+    when the base fusion has moved far from its start: given the base stage's points, stage 2 is Point-E's."""
+    from lang3d.point_e import GaussianDiffusion, PointCloudSampler, StageConfig
+    module = make_module(fusion="cross_attention").eval()
+    _random_point_e(module)
+    _perturb(module.net.fusion, 1)
+    prompts, images = ["a red chair", "a tall blue lamp"], _images(2)
+    cond = module.condition(prompts, images)
+    ours = module.generate(prompts, images, steps=3, generator=torch.Generator().manual_seed(4))
+    generator = torch.Generator().manual_seed(4)
+    base_stage = PointCloudSampler([module.net], [module.diffusion],
+                                   [StageConfig(48, 3.0, 3, sigma_max=120.0, s_churn=3.0)])
+    *_, low_res = base_stage.sample_progressive(2, cond, generator)
+    point_e_stage2 = PointCloudSampler([module.upsampler], [GaussianDiffusion.from_schedule("linear")],
+                                       [StageConfig(32, 3.0, 3, sigma_max=160.0)])
+    new = point_e_stage2.sample(2, {"grid": cond["grid"], "low_res": low_res}, generator)
+    torch.testing.assert_close(ours[:, :, 48:], new, rtol=0, atol=1e-5)
+    assert not any(p.requires_grad for p in module.upsampler.parameters())
+    assert "upsampler.model.clip_embed.1.weight" not in dict(module.named_parameters())   # no wrapper, no fusion
+
+
+def test_fused_upsampler_trains_on_its_own_schedule(cap3d_root):
+    """``upsampler_conditioning="fused"``: its own fusion (warm-started from its own clip_embed), its diffusion loss on
+    the served points after the first base_points given those as low_res; gradients reach its fusion."""
+    module = make_module(upsampler_conditioning="fused")
+    _random_point_e(module)                       # a zero output_proj would pass no gradient back
+    assert module.upsampler.fusion is not module.net.fusion
+    torch.testing.assert_close(module.upsampler.fusion.image_embed[1].weight, module.upsampler.model.clip_embed[1].weight,
+                               rtol=0, atol=0)
+    seen = []
+    module.upsampler.register_forward_hook(lambda m, a, k, out: seen.append((a[0], k["low_res"])), with_kwargs=True)
+    dm = datamodule(cap3d_root, num_points=48 + 32)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    module.train()
+    terms = module.losses(batch, torch.Generator().manual_seed(0))
+    assert "upsampler_diffusion" in terms and torch.isfinite(terms["upsampler_diffusion"])
+    (x_t, low_res), = seen
+    assert x_t.shape == (3, 6, 32)
+    cloud = module.batch_cloud(batch)
+    kept = low_res.flatten(1).abs().sum(1) > 0                          # samples whose condition was not dropped
+    torch.testing.assert_close(low_res[kept], cloud[kept, :, :48])
+    terms["loss"].backward()
+    grads = [p.grad for p in module.upsampler.fusion.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    by_id = {id(p): n for n, p in module.named_parameters()}
+    groups = {g["name"]: {by_id[id(p)] for p in g["params"]} for g in module.configure_optimizers().param_groups}
+    assert any(n.startswith("upsampler.fusion.") for n in groups["fusion"])
+    assert any(n.startswith("upsampler.model.backbone.resblocks.") for n in groups["backbone"])
+    short = datamodule(cap3d_root, num_points=60)
+    short.setup("fit")
+    with pytest.raises(ValueError, match="trains on 80 points.*serves 60: raise data.num_points"):
+        module.losses(next(iter(short.train_dataloader())), torch.Generator().manual_seed(0))
+
+
+def test_training_draws_follow_seed_step_and_rank(cap3d_root):
+    """Timesteps, noise and condition dropout come from the step's generator, not the global RNG, and the
+    generator's seed differs per rank, step and micro-batch, and is reproducible."""
+    from sepe.module import step_seed
+    seeds = {step_seed(0, step, micro, rank) for step in range(3) for micro in range(2) for rank in range(4)}
+    assert len(seeds) == 3 * 2 * 4
+    assert step_seed(0, 5, 0, 1) == step_seed(0, 5, 0, 1) != step_seed(1, 5, 0, 1)
+    module = make_module(upsample_points=0, cond_drop_prob=0.5).train()
+    batch = batch_of(cap3d_root)
+    losses = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)                  # what seed_everything makes equal on every rank
+        with torch.no_grad():
+            losses.append(module.losses(batch, torch.Generator().manual_seed(step_seed(0, 3, 0, 0)))["loss"])
+    assert losses[0] == losses[1]
+    with torch.no_grad():
+        other_rank = module.losses(batch, torch.Generator().manual_seed(step_seed(0, 3, 0, 1)))["loss"]
+    assert other_rank != losses[0]

@@ -4,6 +4,10 @@ Objects are the uids of the caption file(s) whose point cloud exists; they are s
 by a hash of the uid, so an object keeps its split whatever the file order or the other objects. Every epoch a
 training sample shows one of its object's rendered views, drawn with a generator seeded by (seed, epoch, index);
 blank renders are passed over (and counted) in favour of the next drawn view.
+
+Units: Cap3D's clouds are already in Point-E's units (xyz about ±0.5; Cap3D's own Point-E fine-tuning feeds them
+unchanged), so they are served unchanged by default; ``normalize=True`` centres each cloud and scales it into the
+unit sphere (what point encoders such as Point-Bind's expect).
 """
 from __future__ import annotations
 
@@ -106,7 +110,8 @@ def index_objects(captions: dict[str, str], point_dir: Path, view_dir: Path | No
 
 
 class Cap3DObjects(EpochSeededDataset):
-    """One split's objects. Sample i: ``points`` float32 [N,3] (``selector``'s N points, centred, unit sphere),
+    """One split's objects. Sample i: ``points`` float32 [N,3] (``selector``'s N points, in the file's units, or
+    centred and scaled into the unit sphere with ``normalize``),
     ``colors`` float32 [N,3] in 0..1, ``caption``, ``uid`` and, with ``load_images``, ``image`` uint8 [H,W,3]
     (one non-blank view, composited over ``background``, resized to ``image_size`` = (H, W)), ``view`` (its id)
     and ``skip_counts`` {"blank_view": k} when k blank views were passed over. An empty or non-finite cloud, or
@@ -116,8 +121,9 @@ class Cap3DObjects(EpochSeededDataset):
     """
 
     def __init__(self, objects: list[Cap3DObject], selector: PointSelector, image_size: tuple[int, int] = (224, 224),
-                 background: int = 255, load_images: bool = True, seed: int = 0):
+                 background: int = 255, load_images: bool = True, seed: int = 0, normalize: bool = False):
         super().__init__(seed)
+        self.normalize = normalize
         self.objects = list(objects)
         self.selector = selector
         self.image_size = tuple(image_size)
@@ -134,7 +140,8 @@ class Cap3DObjects(EpochSeededDataset):
         if reason is not None:
             return {"uid": obj.uid, "skipped": reason}
         idx = self.selector(xyz, obj.uid, str(obj.cloud))
-        sample = {"points": normalize_unit_sphere(xyz[idx].astype(np.float64)).astype(np.float32),
+        points = normalize_unit_sphere(xyz[idx].astype(np.float64)) if self.normalize else xyz[idx]
+        sample = {"points": points.astype(np.float32),
                   "colors": np.clip(rgb[idx] / 255.0, 0.0, 1.0).astype(np.float32),
                   "caption": obj.caption, "uid": obj.uid}
         if not self.load_images:
@@ -169,11 +176,14 @@ class Cap3DDataModule(L.LightningDataModule):
             None (every one of them found); ``captions``: a caption CSV to use instead.
         point_dir / view_dir: folders (relative to root) of ``<uid>.pt|.ply`` clouds and ``<uid>/`` or
             ``<uid>.zip`` rendered views.
-        split_fractions: (train, val) or (train, val, test), summing to 1; split by uid hash (``split_of``).
+        split_fractions: (train, val) or (train, val, test), summing to 1; split by uid hash (``split_of``). Testing
+            needs the three: the test split is never the validation split.
         num_points: points per object (FPS from index 0 when the cloud has more, cached under ``cache_dir``,
             default ``<root's parent>/lang3d_cache``; fewer: an error unless ``allow_repeat``).
         load_images: serve one rendered view per sample; image_size: (H, W); background: grey level behind
             the object (0..255).
+        normalize: centre each cloud and scale it into the unit sphere (point encoders, e.g. Point-Bind); False
+            (default) serves Cap3D's own units, Point-E's (xyz about ±0.5).
         batch_size / val_batch_size (default batch_size), num_workers, seed: shuffling and view draws;
             drop_last: drop the last incomplete training batch (contrastive losses see full batches).
         max_train_objects / max_val_objects: keep only the first objects of the split (quick runs).
@@ -185,13 +195,15 @@ class Cap3DDataModule(L.LightningDataModule):
     ``caption``, ``uid``, ``view`` and the Counter ``skipped``.
     """
 
+    builtin_root = BUILTIN_ROOT  # a missing root is an error, except this one: prepare_data writes it
+
     def __init__(self, root: str, subset: str | None = None, captions: str | None = None,
                  point_dir: str = "Cap3D_pcs_pt", view_dir: str = "Cap3D_Objaverse_renderimgs",
                  split_fractions: tuple[float, ...] = (0.9, 0.1), num_points: int = 8192, allow_repeat: bool = False,
                  load_images: bool = True, image_size: tuple[int, int] = (224, 224), background: int = 255,
                  batch_size: int = 32, val_batch_size: int | None = None, num_workers: int = 4, seed: int = 0,
                  drop_last: bool = True, cache_dir: str | None = None, fps_cache: bool = True,
-                 max_train_objects: int | None = None, max_val_objects: int | None = None):
+                 max_train_objects: int | None = None, max_val_objects: int | None = None, normalize: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.root = Path(root).expanduser()
@@ -236,7 +248,8 @@ class Cap3DDataModule(L.LightningDataModule):
     def _dataset(self, objects: list[Cap3DObject], load_images: bool) -> Cap3DObjects:
         hp = self.hparams
         selector = PointSelector(hp.num_points, hp.allow_repeat, self.cache_root if hp.fps_cache else None)
-        return Cap3DObjects(objects, selector, tuple(hp.image_size), hp.background, load_images, hp.seed)
+        return Cap3DObjects(objects, selector, tuple(hp.image_size), hp.background, load_images, hp.seed,
+                            hp.normalize)
 
     def prepare_data(self) -> None:
         """Writes the built-in synthetic data when ``root`` is ``BUILTIN_ROOT`` and it is not there yet (any other
@@ -273,8 +286,11 @@ class Cap3DDataModule(L.LightningDataModule):
         return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        """The test split with three fractions, else the validation split."""
-        return self._eval_loader("test" if len(self.fractions) == 3 else "val")
+        """The test split (three split fractions; with two there is none, and the validation split is not one)."""
+        if len(self.fractions) != 3:
+            raise ValueError(f"Cap3D: split_fractions {list(self.fractions)} hold no test split; give three "
+                             f"(train, val, test), e.g. [0.9, 0.05, 0.05]")
+        return self._eval_loader("test")
 
     def _eval_loader(self, split: str) -> DataLoader:
         hp = self.hparams

@@ -15,6 +15,11 @@ in one colour, or two (a different colour above mid-height), scaled so that its 
   views of the first object are blank (empty alpha, depth 65535 everywhere), like the failed renders of the
   release.
 
+Options for experiments that need the caption and the image to carry different facts: ``shapes`` / ``colors``
+restrict the draws, ``two_tone_prob`` sets how often an object gets a differently coloured top, ``shape_in_caption``
+False leaves the shape out of the caption ("a small red object"), and ``grey_views`` renders every view in one
+neutral grey, so the colour is only in the caption and the cloud, and the shape only in the views and the cloud.
+
     python -m datamodules.synthetic.cap3d --out DIR --objects 16 --views 4 --image-size 128
 """
 from __future__ import annotations
@@ -44,12 +49,17 @@ MAX_DEPTH = 5.0
 FOV = 0.691150  # radians: Blender's default 50 mm lens on a 36 mm sensor
 
 
-def make_object(rng: np.random.Generator, points: int) -> dict:
+GREY = (170, 170, 170)
+
+
+def make_object(rng: np.random.Generator, points: int, shapes: tuple[str, ...] = OBJECT_SHAPES,
+                colors: tuple[str, ...] = tuple(COLORS), two_tone_prob: float = 0.5,
+                shape_in_caption: bool = True) -> dict:
     """One coloured object: xyz [P,3] in ±0.5, rgb [P,3] uint8, normals [P,3], and its caption."""
-    shape = OBJECT_SHAPES[rng.integers(len(OBJECT_SHAPES))]
-    names = list(COLORS)
+    shape = shapes[rng.integers(len(shapes))]
+    names = list(colors)
     colour = names[rng.integers(len(names))]
-    second = names[rng.integers(len(names))] if rng.random() < 0.5 else colour
+    second = names[rng.integers(len(names))] if rng.random() < two_tone_prob else colour
     xyz, normal, _ = sample_shape(shape, points, rng)
     lo, hi = xyz.min(0), xyz.max(0)
     xyz = (xyz - (lo + hi) / 2) / (hi - lo).max()
@@ -57,7 +67,8 @@ def make_object(rng: np.random.Generator, points: int) -> dict:
     rgb = np.where(top[:, None], COLORS[second], COLORS[colour]).astype(np.uint8)
     size = "small" if rng.random() < 0.5 else "large"
     article = "an" if second[0] in "aeiou" else "a"
-    caption = f"a {size} {colour} {shape}" + (f", with {article} {second} top" if second != colour else "")
+    noun = shape if shape_in_caption else "object"
+    caption = f"a {size} {colour} {noun}" + (f", with {article} {second} top" if second != colour else "")
     return {"shape": shape, "color": colour, "top_color": second, "xyz": xyz.astype(np.float32), "rgb": rgb,
             "normal": normal.astype(np.float32), "caption": caption}
 
@@ -141,9 +152,15 @@ def write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
 
 def generate_cap3d(root: str | Path, num_objects: int = 8, subset: str = "ABO", views: int = 4,
                    image_size: int = 128, points: int = 16384, zipped: bool = False, point_format: str = "pt",
-                   blank_views: int = 0, seed: int = 0) -> dict:
+                   blank_views: int = 0, seed: int = 0, shapes: tuple[str, ...] = OBJECT_SHAPES,
+                   colors: tuple[str, ...] = tuple(COLORS), two_tone_prob: float = 0.5, shape_in_caption: bool = True,
+                   grey_views: bool = False) -> dict:
     """Write the caption CSV, clouds and views; returns {"objects": [{"uid", "caption", "shape", "color",
-    "top_color"}], "captions": path, "blank": [(uid, view id)]}."""
+    "top_color"}], "captions": path, "blank": [(uid, view id)]}. See the module docstring for the options."""
+    unknown = sorted(set(shapes) - set(OBJECT_SHAPES)) + sorted(set(colors) - set(COLORS))
+    if unknown or not shapes or not colors:
+        raise ValueError(f"shapes must be among {OBJECT_SHAPES} and colors among {tuple(COLORS)} (non-empty); "
+                         f"unknown: {unknown}")
     if subset not in CAPTION_FILES:
         raise ValueError(f"subset must be one of {sorted(CAPTION_FILES)}, got {subset!r}")
     if point_format not in ("pt", "ply"):
@@ -157,7 +174,8 @@ def generate_cap3d(root: str | Path, num_objects: int = 8, subset: str = "ABO", 
         ids = np.random.default_rng([seed, k, 1])
         uid = "".join(f"{b:02x}" for b in ids.integers(0, 256, 16)) if subset == "Objaverse" else \
             "B0" + "".join("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"[i] for i in ids.integers(0, 36, 8))
-        obj = make_object(rng, points)
+        obj = make_object(rng, points, tuple(shapes), tuple(colors), two_tone_prob, shape_in_caption)
+        view_rgb = np.broadcast_to(np.asarray(GREY, np.uint8), obj["rgb"].shape) if grey_views else obj["rgb"]
         if point_format == "pt":
             tensor = torch.from_numpy(np.concatenate([obj["xyz"], obj["rgb"].astype(np.float32)], 1).T.copy())
             torch.save(tensor, root / POINT_DIR / f"{uid}.pt")
@@ -170,7 +188,7 @@ def generate_cap3d(root: str | Path, num_objects: int = 8, subset: str = "ABO", 
             origin = distance * np.array([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth),
                                           np.sin(elevation)])
             camera = look_at_camera(origin)
-            rgba, depth = render_points(obj["xyz"], obj["rgb"], obj["normal"], camera, image_size)
+            rgba, depth = render_points(obj["xyz"], view_rgb, obj["normal"], camera, image_size)
             name = f"{view:05d}"
             if k == 0 and view < blank_views:
                 rgba, depth = np.zeros_like(rgba), np.full_like(depth, 65535)
