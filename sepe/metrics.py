@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-import scipy.linalg
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torchmetrics import Metric
 
 from lang3d.data.point_ops import farthest_point_sample, index_points, normalize_unit_sphere
+from lang3d.point_e.eval_pointnet import POINT_E_DEVICE_BATCH_SIZE, features_and_logits
+from lang3d.point_e.eval_scores import fid_statistics, frechet_distance, inception_score_splits
 from lang3d.render import render_views
 from sepe.geometric_losses import _check_cloud, _check_pair, chamfer_distance
 
@@ -183,97 +184,124 @@ class CLIPRPrecision(Metric):
                                 self.seed).float().mean()
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Fréchet distance of Gaussians: ||mu1 - mu2||² + tr(S1 + S2 - 2 (S1 S2)^½) (real part of scipy's sqrtm)."""
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():   # singular product: regularise as the reference FID code does
-        eps = 1e-6 * np.eye(sigma1.shape[0])
-        covmean = scipy.linalg.sqrtm((sigma1 + eps) @ (sigma2 + eps))
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean.real))
+class _EvalNetworkMetric(Metric):
+    """Shared by P-FID and P-IS: runs point-e's evaluation network (``lang3d.point_e.eval_pointnet``) on clouds as
+    point-e's feature extractor does, counting the clouds of each stream (the FPS start index of a cloud is its
+    position in its batch of ``device_batch_size``). All clouds are brought to ``num_points`` points (a seeded random
+    subset of each; a cloud with fewer points is an error), or, with ``num_points`` None, must all have the same
+    count: the network's grouping depends on the point density, so both sets must be sampled alike."""
+
+    def __init__(self, network: torch.nn.Module, num_points: int | None = None, seed: int = 0,
+                 device_batch_size: int = POINT_E_DEVICE_BATCH_SIZE, **kwargs):
+        super().__init__(**kwargs)
+        _hold(self, "network", network)
+        self.num_points, self.seed, self.device_batch_size = num_points, seed, device_batch_size
+        self._points_seen: int | None = None
+
+    def reset(self) -> None:
+        super().reset()
+        self._points_seen = None
+
+    def _features_and_logits(self, clouds: torch.Tensor, stream: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if clouds.ndim == 3 and clouds.shape[1] == 6:
+            xyz = clouds[:, :3].transpose(1, 2)
+        elif clouds.ndim == 3 and clouds.shape[-1] == 3:
+            xyz = clouds
+        else:
+            raise ValueError(f"{type(self).__name__}: clouds must be [B,6,N] (xyz + RGB) or [B,N,3], "
+                             f"got {tuple(clouds.shape)}")
+        seen = getattr(self, stream)
+        xyz = self._same_point_count(xyz.float(), int(seen))
+        net = _on(self.network, clouds.device)
+        if net.training:
+            raise ValueError(f"{type(net).__name__} is in training mode; call .eval() before using it for metrics")
+        out = features_and_logits(net, xyz, int(seen), self.device_batch_size)
+        setattr(self, stream, seen + xyz.shape[0])
+        return out
+
+    def _same_point_count(self, xyz: torch.Tensor, first_index: int) -> torch.Tensor:
+        n = xyz.shape[1]
+        if self.num_points is None:
+            if self._points_seen is None:
+                self._points_seen = n
+            if n != self._points_seen:
+                raise ValueError(f"{type(self).__name__}: clouds of {n} and {self._points_seen} points; P-FID / P-IS "
+                                 "compare clouds of one size: set num_points")
+            return xyz
+        if n < self.num_points:
+            raise ValueError(f"{type(self).__name__}: a cloud of {n} points, fewer than num_points="
+                             f"{self.num_points}")
+        if n == self.num_points:
+            return xyz
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + first_index)
+        keep = torch.stack([torch.randperm(n, generator=generator)[:self.num_points] for _ in range(len(xyz))])
+        return index_points(xyz, keep.to(xyz.device))
 
 
-class PointFID(Metric):
-    """P-FID: Fréchet distance between Gaussians fitted (mean, unbiased covariance) to ``network.features`` of
-    real and generated clouds. ``network``: e.g. ``sepe.pointcloud_features.PointNet2SSG`` (features [B,F])."""
+class PointFID(_EvalNetworkMetric):
+    """P-FID as point-e computes it (``lang3d.point_e.eval_scores``): the Fréchet distance between Gaussians
+    (mean, unbiased covariance) fitted to the evaluation network's features (``bn2(fc2(.))``) of real and of
+    generated clouds. ``network``: ``lang3d.point_e.eval_pointnet.PointNet2SSG`` (point-e's ``pointnet.pt`` via
+    ``load_eval_pointnet``, or one trained by ``python -m sepe.pointcloud_features``); ``feature_dim`` checks its
+    feature width (default: the network's)."""
 
     higher_is_better = False
 
-    def __init__(self, network: torch.nn.Module, feature_dim: int = 512, **kwargs):
-        super().__init__(**kwargs)
-        _hold(self, "network", network)
+    def __init__(self, network: torch.nn.Module, feature_dim: int | None = None, num_points: int | None = None,
+                 seed: int = 0, **kwargs):
+        super().__init__(network, num_points, seed, **kwargs)
+        self.feature_dim = feature_dim if feature_dim is not None else network.feature_dim
         for side in ("real", "fake"):
-            self.add_state(f"{side}_sum", torch.zeros(feature_dim, dtype=torch.float64), dist_reduce_fx="sum")
-            self.add_state(f"{side}_outer", torch.zeros(feature_dim, feature_dim, dtype=torch.float64),
-                           dist_reduce_fx="sum")
-            self.add_state(f"{side}_count", torch.tensor(0), dist_reduce_fx="sum")
+            self.add_state(f"{side}_features", [], dist_reduce_fx="cat")
+            self.add_state(f"{side}_seen", torch.tensor(0), dist_reduce_fx="sum")
 
     def update(self, clouds: torch.Tensor | None = None, real: bool = False, *,
                features: torch.Tensor | None = None) -> None:
         """clouds [B,6,N] or [B,N,3] through the network, or ready ``features`` [B,F]; ``real``: which set."""
         if (clouds is None) == (features is None):
             raise ValueError("PointFID.update: give exactly one of clouds / features")
-        if features is None:
-            features = _network_output(self.network, clouds, "features")
         side = "real" if real else "fake"
-        f = features.double()
-        setattr(self, f"{side}_sum", getattr(self, f"{side}_sum") + f.sum(0))
-        setattr(self, f"{side}_outer", getattr(self, f"{side}_outer") + f.T @ f)
-        setattr(self, f"{side}_count", getattr(self, f"{side}_count") + f.shape[0])
-
-    def _gaussian(self, side: str) -> tuple[np.ndarray, np.ndarray]:
-        n = int(getattr(self, f"{side}_count"))
-        if n < 2:
-            raise ValueError(f"PointFID: need at least 2 {side} clouds for a covariance, got {n}")
-        s, outer = getattr(self, f"{side}_sum").cpu().numpy(), getattr(self, f"{side}_outer").cpu().numpy()
-        mu = s / n
-        return mu, (outer - n * np.outer(mu, mu)) / (n - 1)
+        if features is None:
+            features = self._features_and_logits(clouds, f"{side}_seen")[0]
+        if features.ndim != 2 or features.shape[1] != self.feature_dim:
+            raise ValueError(f"PointFID: features must be [B,{self.feature_dim}], got {tuple(features.shape)}")
+        getattr(self, f"{side}_features").append(features.double())
 
     def compute(self) -> torch.Tensor:
-        return torch.tensor(frechet_distance(*self._gaussian("real"), *self._gaussian("fake")), dtype=torch.float32)
+        stats = []
+        for side in ("real", "fake"):
+            feats = getattr(self, f"{side}_features")
+            feats = torch.cat(feats) if isinstance(feats, list) else feats
+            if feats.shape[0] < 2:
+                raise ValueError(f"PointFID: need at least 2 {side} clouds for a covariance, got {feats.shape[0]}")
+            stats.append(fid_statistics(feats.cpu().numpy()))
+        return torch.tensor(frechet_distance(*stats[0], *stats[1]), dtype=torch.float32)
 
 
-class PointIS(Metric):
-    """P-IS: exp(E_x KL(p(y|x) || p(y))) on softmax(``network.logits``) of generated clouds, computed in
-    consecutive splits of ``split_size`` clouds (Point-E: 5000) and averaged; ``compute`` -> (mean, std)."""
+class PointIS(_EvalNetworkMetric):
+    """P-IS as point-e computes it (``lang3d.point_e.eval_scores.inception_score_splits``): exp(E_x KL(p(y|x) ||
+    p(y))) on the softmax of the evaluation network's logits of generated clouds, per consecutive split of
+    ``split_size`` clouds (point-e: 5000); ``compute`` -> (mean over splits: point-e's P-IS, their std)."""
 
     higher_is_better = True
 
-    def __init__(self, network: torch.nn.Module, split_size: int = 5000, **kwargs):
-        super().__init__(**kwargs)
-        _hold(self, "network", network)
+    def __init__(self, network: torch.nn.Module, split_size: int = 5000, num_points: int | None = None,
+                 seed: int = 0, **kwargs):
+        super().__init__(network, num_points, seed, **kwargs)
         self.split_size = split_size
         self.add_state("logits", [], dist_reduce_fx="cat")
+        self.add_state("seen", torch.tensor(0), dist_reduce_fx="sum")
 
     def update(self, clouds: torch.Tensor | None = None, *, logits: torch.Tensor | None = None) -> None:
         """clouds [B,6,N] or [B,N,3] through the network, or ready ``logits`` [B,K]."""
         if (clouds is None) == (logits is None):
             raise ValueError("PointIS.update: give exactly one of clouds / logits")
         if logits is None:
-            logits = _network_output(self.network, clouds, "logits")
+            logits = self._features_and_logits(clouds, "seen")[1]
         self.logits.append(logits.double())
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         logits = torch.cat(self.logits) if isinstance(self.logits, list) else self.logits
-        log_p = torch.log_softmax(logits.double(), -1)
-        scores = []
-        for part in log_p.split(self.split_size):
-            log_marginal = torch.logsumexp(part, 0) - np.log(part.shape[0])
-            scores.append(torch.exp((part.exp() * (part - log_marginal)).sum(1).mean()))
-        scores = torch.stack(scores)
+        scores = inception_score_splits(torch.log_softmax(logits.double(), -1), self.split_size)
         std = scores.std(unbiased=False) if len(scores) > 1 else torch.zeros((), dtype=scores.dtype)
         return scores.mean().float(), std.float()
-
-
-@torch.no_grad()
-def _network_output(network: torch.nn.Module, clouds: torch.Tensor, what: str) -> torch.Tensor:
-    if clouds.ndim == 3 and clouds.shape[1] == 6:
-        xyz = clouds[:, :3].transpose(1, 2)
-    elif clouds.ndim == 3 and clouds.shape[-1] == 3:
-        xyz = clouds
-    else:
-        raise ValueError(f"point-cloud metric: clouds must be [B,6,N] (xyz + RGB) or [B,N,3], got {tuple(clouds.shape)}")
-    net = _on(network, clouds.device)
-    if net.training:
-        raise ValueError(f"{type(net).__name__} is in training mode; call .eval() before using it for metrics")
-    return getattr(net, what)(xyz.float())

@@ -143,8 +143,10 @@ class SEPEFineTuning(FrozenWeightsNotSaved, L.LightningModule):
             Point-E's paper: ViT-B-32 / openai), independent of the conditioning CLIP, which gives a second column
             (``test/clip_r_precision_cond_clip``); loaded when testing starts. eval_num_distractors: captions drawn
             against the true one (computed when more clouds than that are tested).
-        eval_feature_network: a PointNet++ classifier checkpoint (``python -m sepe.pointcloud_features``, trained on
-            ModelNet40) for P-FID / P-IS in ``test``; None leaves them out.
+        eval_feature_network: point-e's ``pointnet.pt`` (P-FID / P-IS comparable with published numbers) or a
+            checkpoint of the same network trained by ``python -m sepe.pointcloud_features`` on ModelNet40, for
+            P-FID / P-IS in ``test`` (computed as point-e does; references subsampled to the generated clouds'
+            base_points + upsample_points); None leaves them out.
     """
 
     def __init__(self, fusion: str = "concat", base_checkpoint: str | None = None,
@@ -207,7 +209,8 @@ class SEPEFineTuning(FrozenWeightsNotSaved, L.LightningModule):
         self.test_fid = self.test_is = None
         if eval_feature_network:
             network = load_feature_network(eval_feature_network)
-            self.test_fid, self.test_is = PointFID(network), PointIS(network)
+            points = base_points + upsample_points   # per generated cloud; references are subsampled to as many
+            self.test_fid, self.test_is = PointFID(network, num_points=points), PointIS(network, num_points=points)
 
     def _fusion_for(self, model) -> ConcatFusion | CrossAttentionFusion:
         """A fusion for ``model`` (base40M or the upsampler), warm-started from the model's own ``clip_embed``."""

@@ -104,7 +104,7 @@ def test_inception_score_hand_cases():
 def test_feature_network_shapes_through_metrics():
     net = PointNet2SSG(num_classes=40, width=1).eval()
     clouds = _cloud(3, 600, 8)
-    assert net.features(clouds[:, :3].transpose(1, 2)).shape == (3, 512)
+    assert net.features(clouds[:, :3].transpose(1, 2)).shape == (3, 256)   # 256 × width (point-e: width 2)
     fid, ist = PointFID(net), PointIS(net)
     fid.update(clouds, real=True)
     fid.update(_cloud(3, 600, 9), real=False)

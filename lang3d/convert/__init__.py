@@ -195,4 +195,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 # each module registers its kinds
-from lang3d.convert import i2pmae, pointbert, pointbind, pointcontrast  # noqa: E402,F401
+from lang3d.convert import i2pmae, point_e_pointnet, pointbert, pointbind, pointcontrast  # noqa: E402,F401
