@@ -60,5 +60,6 @@ def convert_hybrid_kernel(kernel: torch.Tensor, kernel_size: int, dimension: int
     """A kernel [K^D, C_in, C_out] stored with ME 0.4 HYBRID offsets -> the same kernel in ME 0.5 HYPER_CUBE order."""
     volume = kernel_size ** dimension
     if kernel.dim() != 3 or kernel.shape[0] != volume:
-        raise ValueError(f"a {kernel_size}^{dimension} kernel must be [{volume}, C_in, C_out], got {tuple(kernel.shape)}")
+        raise ValueError(f"a {kernel_size}^{dimension} kernel must be [{volume}, C_in, C_out], "
+                         f"got {tuple(kernel.shape)}")
     return kernel[hybrid_to_hypercube(kernel_size, dimension)].contiguous()

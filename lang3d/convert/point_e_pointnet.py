@@ -37,4 +37,5 @@ def convert(raw: Mapping[str, Any], source: str) -> Conversion:
 register(CheckpointKind(KIND, "point-e's PointNet++ SSG evaluation network (pointnet.pt: model_state_dict), or one "
                               "trained by sepe.pointcloud_features", lambda raw: _state(raw) is not None, convert,
                         NUMPY_SCALAR_GLOBALS),
-         Published("point_e_pointnet", KIND, "pointnet.pt", "https://openaipublic.azureedge.net/main/point-e/pointnet.pt"))
+         Published("point_e_pointnet", KIND, "pointnet.pt",
+                   "https://openaipublic.azureedge.net/main/point-e/pointnet.pt"))
