@@ -172,7 +172,8 @@ def test_release_into_the_wrong_space_or_encoder_is_a_clear_error():
     with pytest.raises(CheckpointMismatchError, match="'i2pmae' 3D encoder"):
         load_release(parts("pointbert"), "pointbert", str(DATA / "pointbind_i2pmae_small.pt"))
     wider = dict(OPTIONS["i2pmae"], dims=[12, 24, 96])
-    with pytest.raises(CheckpointMismatchError, match=r"tensor 'encoder\.embed\.2\.second\.0\.weight' has shape \(48, 48, 1\), the model expects \(96, 48, 1\)"):
+    shapes = r"tensor 'encoder\.embed\.2\.second\.0\.weight' has shape \(48, 48, 1\), the model expects \(96, 48, 1\)"
+    with pytest.raises(CheckpointMismatchError, match=shapes):
         load_release(parts("i2pmae", **wider), "i2pmae", str(DATA / "pointbind_i2pmae_small.pt"))
 
 

@@ -50,10 +50,12 @@ class Conversion:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
-        """Kept / dropped counts, the dropped names grouped by their first two components."""
-        groups = Counter(".".join(name.split(".")[:2]) for name in self.dropped)
-        lines = [f"{self.source} ({self.kind}{', ' + ', '.join(f'{k} {v}' for k, v in self.meta.items()) if self.meta else ''}): "
-                 f"kept {len(self.state)} tensors, dropped {len(self.dropped)}"]
+        """Kept / dropped counts, the dropped names grouped by module (up to three name components, indices and
+        the tensor's own name left out)."""
+        groups = Counter(".".join([c for c in name.split(".")[:-1] if not c.isdigit()][:3] or name.split(".")[:1])
+                         for name in self.dropped)
+        about = ", ".join([self.kind, *(f"{k} {v}" for k, v in self.meta.items())])
+        lines = [f"{self.source} ({about}): kept {len(self.state)} tensors, dropped {len(self.dropped)}"]
         lines += [f"  dropped {count:5d} × {group}.*" for group, count in sorted(groups.items())]
         if self.initialised:
             lines.append(f"  not in the file, kept as initialised: {', '.join(self.initialised)}")

@@ -1,5 +1,5 @@
-"""Point-Bind's released checkpoints (``pointbind_i2pmae.pt``, ``pointbind_pointbert.pt``; ZiyuGuo99/Point-Bind_Point-LLM):
-the whole ``POINTBIND.state_dict()``, a plain dict of tensors.
+"""Point-Bind's released checkpoints (``pointbind_i2pmae.pt``, ``pointbind_pointbert.pt``;
+ZiyuGuo99/Point-Bind_Point-LLM): the whole ``POINTBIND.state_dict()``, a plain dict of tensors.
 
 Kept, in ``pointbind.PointBindAlignment``'s names:
 - ``point_encoder.*`` -> ``encoder.*`` (I2P-MAE or Point-BERT, recognised from the names; ``point_encoders``);
