@@ -3,6 +3,7 @@ and loading pretrained tensors by name with a report of what was loaded."""
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,8 @@ def safe_load(path: str | Path, allowed_globals: Sequence[Callable | tuple[Calla
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
     except pickle.UnpicklingError as err:
         types = _unsafe_globals(path, allowed_globals) if zipped else []
+        if not types:  # a pre-1.6 (non-zip) file: torch's message names the first refused global
+            types = re.findall(r"Unsupported global: GLOBAL (\S+)", str(err))
         named = ", ".join(types) if types else str(err).splitlines()[0]
         raise UnsafeCheckpointError(f"{path} pickles objects that safe loading does not allow ({named}); it was not "
                                     "unpickled. Only tensors, containers, numbers and strings are read from "

@@ -165,16 +165,18 @@ def test_converter_cli_output_loads_the_same(published_file, tmp_path, capsys):
     assert all(torch.equal(v, state[k]) for k, v in reference.state_dict().items() if not k.startswith("head."))
 
 
-def test_hydra_config_is_skipped_and_other_objects_are_refused(tmp_path):
-    """tests/data/pointcontrast_official/pretrain_with_config.pth: PointContrast's pre-training format with a real
-    OmegaConf 2.0.6 DictConfig, SGD and ExponentialLR states (make_config_checkpoint.py)."""
-    source = DATA / "pretrain_with_config.pth"
-    with pytest.raises(UnsafeCheckpointError, match=r"pretrain_with_config\.pth.*omegaconf\.dictconfig\.DictConfig"):
+@pytest.mark.parametrize("name", ["pretrain_with_config.pth", "pretrain_with_config_legacy.pth"])
+def test_hydra_config_is_skipped_and_other_objects_are_refused(name, tmp_path):
+    """tests/data/pointcontrast_official/pretrain_with_config*.pth: PointContrast's pre-training format with a real
+    OmegaConf 2.0.6 DictConfig, SGD and ExponentialLR states (make_config_checkpoint.py), in PyTorch's zip format and
+    in the pre-1.6 format PointContrast's PyTorch 1.5 wrote."""
+    source = DATA / name
+    with pytest.raises(UnsafeCheckpointError, match=rf"{name}.*omegaconf\.dictconfig\.DictConfig"):
         safe_load(source)
     conversion = read_checkpoint(source, ["pointcontrast"])
     assert list(conversion.state) == ["encoder.stem.conv.kernel"]
     torch.save({"state_dict": {"conv0p1s1.kernel": torch.zeros(27, 3, 32)}, "args": argparse.Namespace(lr=0.1)},
-               tmp_path / "with_args.pth")
+               tmp_path / "with_args.pth", _use_new_zipfile_serialization="legacy" not in name)
     with pytest.raises(UnsafeCheckpointError, match=r"with_args\.pth.*argparse\.Namespace"):
         read_checkpoint(tmp_path / "with_args.pth", ["pointcontrast"])
 

@@ -6,12 +6,15 @@ PointContrast's ``pretrain/pointcontrast/lib/ddp_trainer.py`` (facebookresearch/
 structure with the real objects: omegaconf 2.0.6 (the Hydra 1.0 generation PointContrast used) loading the
 repository's ``pretrain/pointcontrast/config/defaults.yaml`` (the ``hydra`` and ``defaults`` entries removed, as
 Hydra does for the job config), an SGD optimizer with momentum buffers and an ExponentialLR scheduler (PointContrast's
-``ExpLR``), and a one-tensor state dict (``conv0p1s1.kernel`` [27, 3, 32]) to keep the file small.
+``ExpLR``), and a one-tensor state dict (``conv0p1s1.kernel`` [27, 3, 32]) to keep the file small. With
+``--legacy`` the file is written in PyTorch's pre-1.6 (non-zip) format, as PointContrast's PyTorch 1.5 wrote its
+released files.
 
     pip install --target /tmp/omegaconf20 --no-deps omegaconf==2.0.6
     PYTHONPATH=/tmp/omegaconf20 python tests/data/pointcontrast_official/make_config_checkpoint.py \
         --defaults /path/to/PointContrast/pretrain/pointcontrast/config/defaults.yaml \
         --out tests/data/pointcontrast_official/pretrain_with_config.pth
+    (the same with --legacy --out tests/data/pointcontrast_official/pretrain_with_config_legacy.pth)
 """
 import argparse
 
@@ -23,6 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--defaults", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--legacy", action="store_true", help="PyTorch's pre-1.6 serialisation (not a zip file)")
     args = parser.parse_args()
     config = OmegaConf.load(args.defaults)
     del config["hydra"], config["defaults"]
@@ -33,8 +37,10 @@ def main() -> None:
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, 0.99)
     scheduler.step()
     torch.save({"curr_iter": 1, "state_dict": {"conv0p1s1.kernel": kernel.detach()},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "config": config}, args.out)
-    print(torch.serialization.get_unsafe_globals_in_checkpoint(args.out))
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "config": config}, args.out,
+               _use_new_zipfile_serialization=not args.legacy)
+    if not args.legacy:
+        print(torch.serialization.get_unsafe_globals_in_checkpoint(args.out))
 
 
 if __name__ == "__main__":
