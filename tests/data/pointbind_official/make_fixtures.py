@@ -4,7 +4,8 @@ The official code is not part of this project; check it out yourself at these co
     ZiyuGuo99/Point-Bind_Point-LLM  7a0448b11939110643b752eb11b31934fba66571
     ZrrSkywalker/I2P-MAE            7d4e519d34d9a84efdaf3420c3797ecb4e9f1d7f
     lulutang0608/Point-BERT         26e0581395b0df2213d80181c4ff38d3971130d2
-and run (torch, timm, einops, easydict, iopath, termcolor, ftfy, regex, h5py, pyyaml importable; CPU only)
+and run (CPU only; besides the project's .venv it needs einops, easydict, iopath, portalocker, termcolor, e.g.
+``pip install --target SITE ...`` and ``PYTHONPATH=SITE``)
     python tests/data/pointbind_official/make_fixtures.py --pointbind DIR --i2pmae DIR --pointbert DIR
 
 What it writes (next to this script):
