@@ -17,6 +17,9 @@
 #   make demo                  every pipeline briefly on built-in synthetic data (pre-train -> fine-tune, Point-Bind
 #                              -> zero-shot, SEPE -> sample), all logging under runs/
 #   make benchmark (or bench)  every script in benchmarks/, then one summary table in runs/benchmarks/summary.md
+#   make gpu-check             on a machine with an NVIDIA GPU: CUDA MinkowskiEngine, the CUDA-vs-CPU tests, GPU
+#                              benchmarks, the whole suite (scripts/gpu_check.sh; figures in runs/gpu_check/)
+#   make check-cuda-build      compile MinkowskiEngine's CUDA extension on any machine (no GPU; long)
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -36,7 +39,7 @@ SUNRGBD ?=
 SYNTHETIC_SUNRGBD ?= data/synthetic/sunrgbd
 ARGS ?=
 
-.PHONY: install test pretrain-text4point finetune-s3dis finetune-s3dis-ins finetune-scannet-det finetune-sunrgbd-det sepe pointbind demo benchmark bench synthetic-scannet synthetic-s3dis clean-venv
+.PHONY: install test pretrain-text4point finetune-s3dis finetune-s3dis-ins finetune-scannet-det finetune-sunrgbd-det sepe pointbind demo benchmark bench synthetic-scannet synthetic-s3dis clean-venv gpu-check check-cuda-build
 
 install: $(STAMP)
 
@@ -171,6 +174,12 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/summary.py $(BENCH_DIR)/figures.jsonl $(BENCH_DIR)/summary.md
 
 bench: benchmark
+
+gpu-check:
+	VENV=$(VENV) bash scripts/gpu_check.sh
+
+check-cuda-build: $(STAMP)
+	VENV=$(VENV) bash scripts/check_cuda_build.sh
 
 clean-venv:
 	rm -rf $(VENV)
