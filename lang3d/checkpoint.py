@@ -89,6 +89,27 @@ def _unsafe_globals(path: Path, allowed: Sequence[Callable | tuple[Callable, str
         return []
 
 
+def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str = "state dict",
+                     may_be_missing: Sequence[str] = (), refused: Mapping[str, str] | None = None,
+                     prefix: str = "") -> None:
+    """The project's one state-dict check: raises CheckpointMismatchError naming ``source`` and listing every
+    problem between ``state`` and ``module.state_dict()``: ``missing tensor 'k' (model [..])`` (unless ``k`` is in
+    ``may_be_missing``), ``unexpected tensor 'k' (checkpoint [..])``, ``tensor 'k': checkpoint [..] vs model [..]``,
+    and every tensor of ``state`` named in ``refused`` (with the reason given there). Names in messages carry
+    ``prefix`` (as in the file)."""
+    expected, refused, allowed = module.state_dict(), refused or {}, set(may_be_missing)
+    problems = [f"missing tensor '{prefix}{k}' (model {list(v.shape)})" for k, v in expected.items()
+                if k not in state and k not in allowed]
+    problems += [f"unexpected tensor '{prefix}{k}' (checkpoint {list(v.shape)})" for k, v in state.items()
+                 if k not in expected]
+    problems += [f"unexpected tensor '{prefix}{k}' ({refused[k]})" for k in state if k in expected and k in refused]
+    problems += [f"tensor '{prefix}{k}': checkpoint {list(v.shape)} vs model {list(expected[k].shape)}"
+                 for k, v in state.items() if k in expected and k not in refused and v.shape != expected[k].shape]
+    if problems:
+        raise CheckpointMismatchError(f"{source} does not fit {type(module).__name__} "
+                                      f"({len(problems)} problems): " + "; ".join(problems))
+
+
 @dataclass
 class LoadReport:
     """What ``load_pretrained_weights`` did, tensor name by tensor name (names relative to the module)."""
@@ -153,11 +174,7 @@ def load_tensors(module: nn.Module, state: Mapping[str, torch.Tensor], source: s
                                           f"model expects {tuple(target[name].shape)}")
     report.missing = [n for n in target if n not in state]
     if strict:
-        unexpected_missing = [n for n in report.missing if n not in set(initialised)]
-        if unexpected_missing or report.unused:
-            raise CheckpointMismatchError(
-                f"{source} does not fit {type(module).__name__}: missing {len(unexpected_missing)} tensors "
-                f"{unexpected_missing[:10]}{' …' if len(unexpected_missing) > 10 else ''}, unused "
-                f"{len(report.unused)} tensors {report.unused[:10]}{' …' if len(report.unused) > 10 else ''}")
+        check_state_dict(module, {**to_load, **{n: state[n] for n in report.unused}}, source,
+                         may_be_missing=[*initialised, *report.reinitialised], prefix=prefix)
     module.load_state_dict(to_load, strict=False)
     return report

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lang3d.checkpoint import CheckpointMismatchError
+from lang3d.checkpoint import check_state_dict
 
 # Point-E's transformer blocks (lang3d.point_e.transformer): attention and MLP projections, not time_embed.
 POINT_E_LORA_TARGETS = ("attn.c_qkv", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -120,14 +120,7 @@ def load_base_weights(module: nn.Module, state: Mapping[str, torch.Tensor], sour
     be in ``state`` except the LoRA A/B tensors, which keep their values. Otherwise CheckpointMismatchError names
     ``source`` and each offending tensor.
     """
-    expected = module.state_dict()
-    lora = set(lora_tensor_names(module))
-    problems = [f"missing tensor '{k}'" for k in expected if k not in state and k not in lora]
-    problems += [f"unexpected tensor '{k}'" + (" (a LoRA tensor: load a full checkpoint with load_state_dict)"
-                                               if k in lora else "") for k in state if k not in expected or k in lora]
-    problems += [f"tensor '{k}': checkpoint {list(v.shape)} vs model {list(expected[k].shape)}"
-                 for k, v in state.items() if k in expected and v.shape != expected[k].shape]
-    if problems:
-        raise CheckpointMismatchError(f"{source} does not fit LoRA-wrapped {type(module).__name__} "
-                                      f"({len(problems)} problems): " + "; ".join(problems))
+    lora = lora_tensor_names(module)
+    check_state_dict(module, state, source, may_be_missing=lora,
+                     refused={k: "a LoRA tensor: load a full checkpoint with load_state_dict" for k in lora})
     module.load_state_dict(dict(state), strict=False)

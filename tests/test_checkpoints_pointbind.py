@@ -187,7 +187,7 @@ def test_unknown_tensor_or_layout_is_a_clear_error(tmp_path):
         read_checkpoint(DATA / "pointbert_pretrain_small.pth", ["pointbind", "i2pmae-pretrain"])
     del state["point_encoder.extra.weight"], state["point_encoder.norm.weight"]
     torch.save(state, tmp_path / "short.pt")
-    with pytest.raises(CheckpointMismatchError, match=r"missing 1 tensors \['encoder.norm.weight'\]"):
+    with pytest.raises(CheckpointMismatchError, match=r"\(1 problems\): missing tensor 'encoder.norm.weight'"):
         load_release(parts("pointbert"), "pointbert", str(tmp_path / "short.pt"))
 
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lang3d.checkpoint import CheckpointMismatchError
-from lang3d.point_e import (MODEL_CONFIGS, CLIPConditioner, build_model, check_state_dict, load_official_checkpoint,
+from lang3d.checkpoint import CheckpointMismatchError, check_state_dict
+from lang3d.point_e import (MODEL_CONFIGS, CLIPConditioner, build_model, load_official_checkpoint,
                             qkv_attention, timestep_embedding)
 
 # Point-E parameter counts (point_e.md); uncond and imagevec follow from them (no clip_embed / same as textvec).

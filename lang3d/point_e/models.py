@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from lang3d.checkpoint import CheckpointMismatchError
+from lang3d.checkpoint import CheckpointMismatchError, check_state_dict
 from lang3d.point_e.transformer import PointDiffusionTransformer
 
 # Official data scaling (xyz * 2, RGB * (1/127.5) - 1), stored as buffers of the upsampler; values verbatim.
@@ -170,20 +170,6 @@ def build_model(name: str, **overrides) -> PointDiffusionTransformer:
     model = cls(**{**kwargs, **overrides})
     model.conditioning = conditioning
     return model
-
-
-def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "state dict") -> None:
-    """Raise CheckpointMismatchError listing every missing / unexpected tensor and every shape mismatch
-    (``'name': checkpoint [..] vs model [..]``) between ``state`` and ``model.state_dict()``."""
-    expected = model.state_dict()
-    problems = [f"missing tensor '{k}' (model {list(v.shape)})" for k, v in expected.items() if k not in state]
-    problems += [f"unexpected tensor '{k}' (checkpoint {list(v.shape)})" for k, v in state.items()
-                 if k not in expected]
-    problems += [f"tensor '{k}': checkpoint {list(v.shape)} vs model {list(expected[k].shape)}"
-                 for k, v in state.items() if k in expected and v.shape != expected[k].shape]
-    if problems:
-        raise CheckpointMismatchError(f"{source} does not fit {type(model).__name__} "
-                                      f"({len(problems)} problems): " + "; ".join(problems))
 
 
 def load_official_checkpoint(model: nn.Module, source: str | Path | Mapping[str, torch.Tensor]) -> nn.Module:
