@@ -10,6 +10,7 @@ import re
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,8 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from open_clip.modified_resnet import ModifiedResNet
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from PIL import Image
 from torch import nn
 
 CONFIG_DIR = Path(__file__).parent / "clip_configs"
@@ -184,6 +187,41 @@ def load_clip(model_name: str, pretrained: str | None = None, *, cache_dir: str 
                                 f"{', '.join(tags) or 'none'}) nor an existing weights file.")
     model = freeze(_create(model_name, path, cfg))
     return model, open_clip.get_tokenizer(model_name)
+
+
+class CLIPImagePreprocess:
+    """A CLIP visual tower's evaluation transform, open_clip's own (``image_transform_v2`` of the tower's
+    ``preprocess_cfg``: resize of the shorter side, bicubic, centre crop, mean / std normalisation), for image
+    batches in any of the forms the pipelines hold:
+
+    * float tensor [B,3,H,W] in [0,1];
+    * uint8 tensor [B,H,W,3];
+    * sequence of PIL images or uint8 [H,W,3] arrays.
+
+    ``__call__`` returns normalised pixels [B,3,S,S] float32 (S: the tower's input size)."""
+
+    def __init__(self, visual: nn.Module):
+        cfg = PreprocessCfg(**visual.preprocess_cfg)
+        self.transform = image_transform_v2(cfg, is_train=False)
+        self.image_size = (cfg.size, cfg.size) if isinstance(cfg.size, int) else tuple(cfg.size)
+        self.mean, self.std = tuple(cfg.mean), tuple(cfg.std)
+        self.description = (f"size={self.image_size} mean={self.mean} std={self.std} "
+                            f"resize={cfg.resize_mode}-{cfg.interpolation}+centre-crop (open_clip)")
+
+    def __call__(self, images) -> torch.Tensor:
+        if isinstance(images, torch.Tensor):
+            if images.ndim == 4 and images.dtype == torch.uint8 and images.shape[-1] == 3:
+                images = images.permute(0, 3, 1, 2).float() / 255.0
+            elif not (images.ndim == 4 and images.shape[1] == 3 and images.is_floating_point()):
+                raise ValueError(f"image tensor must be float [B,3,H,W] in [0,1] or uint8 [B,H,W,3], got "
+                                 f"{tuple(images.shape)} {images.dtype}")
+            return self.transform(images.float())
+        pil = [Image.fromarray(np.asarray(im, dtype=np.uint8)) if isinstance(im, np.ndarray) else im
+               for im in images]
+        if not pil or not all(isinstance(im, Image.Image) for im in pil):
+            raise ValueError("images must be a float tensor [B,3,H,W], a uint8 tensor [B,H,W,3] or a non-empty "
+                             "sequence of PIL images / uint8 [H,W,3] arrays")
+        return torch.stack([self.transform(im) for im in pil])
 
 
 def interpolate_grid_pos_embed(pos: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -11,12 +11,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from open_clip.transform import PreprocessCfg, image_transform_v2
 from open_clip.transformer import VisionTransformer
 from PIL import Image
 from torch import nn
 
-from lang3d.clip import freeze, load_clip
+from lang3d.clip import CLIPImagePreprocess, freeze, load_clip
 
 ImageInput = torch.Tensor | Sequence[Image.Image | np.ndarray]
 
@@ -37,7 +36,7 @@ class CLIPConditioner(nn.Module):
                             f"attentional pool), got visual tower {type(visual).__name__}")
         self.model = freeze(model)
         self.tokenizer = tokenizer
-        self.transform = image_transform_v2(PreprocessCfg(**visual.preprocess_cfg), is_train=False)
+        self.preprocess_images = CLIPImagePreprocess(visual)
 
     @classmethod
     def load(cls, model_name: str = "ViT-L-14", pretrained: str | None = "openai",
@@ -72,19 +71,7 @@ class CLIPConditioner(nn.Module):
 
     def preprocess(self, images: ImageInput) -> torch.Tensor:
         """Images -> normalised pixels [B,3,S,S] float32 on the model's device (S = CLIP's input size)."""
-        if isinstance(images, torch.Tensor):
-            if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
-                raise ValueError(f"image tensor must be float [B,3,H,W] in [0,1], got {tuple(images.shape)} "
-                                 f"{images.dtype}")
-            pixels = self.transform(images.float())
-        else:
-            pil = [Image.fromarray(np.asarray(im, dtype=np.uint8)) if isinstance(im, np.ndarray) else im
-                   for im in images]
-            if not pil or not all(isinstance(im, Image.Image) for im in pil):
-                raise ValueError("images must be a float tensor [B,3,H,W] or a non-empty sequence of PIL images / "
-                                 "uint8 [H,W,3] arrays")
-            pixels = torch.stack([self.transform(im) for im in pil])
-        return pixels.to(self.device)
+        return self.preprocess_images(images).to(self.device)
 
     @torch.no_grad()
     def grid_from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
