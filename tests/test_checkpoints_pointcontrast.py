@@ -156,6 +156,7 @@ def test_converter_cli_output_loads_the_same(published_file, tmp_path, capsys):
     lang3d_main(["convert", "pointcontrast", str(path), str(tmp_path / "converted.ckpt")])
     assert "kept 374 tensors" in capsys.readouterr().out
     assert is_res16unet_file(tmp_path / "converted.ckpt") and is_res16unet_file(path)
+    assert not is_res16unet_file(tmp_path / "missing.pth")        # left to the Text4Point loader to report
     net = Res16UNet34C(3, 13)                             # a task head of another width is re-initialised
     report = load_res16unet_weights(net, tmp_path / "converted.ckpt")
     assert report.reinitialised == ["head.kernel", "head.bias"]

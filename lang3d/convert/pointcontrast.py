@@ -31,8 +31,8 @@ from typing import Any
 from torch import nn
 
 from lang3d.checkpoint import NUMPY_SCALAR_GLOBALS, LoadReport, load_tensors, safe_load
-from lang3d.convert import (CONVERSION_KEY, CheckpointKind, Conversion, ConversionError, Published, read_checkpoint,
-                            register, rename, resolve)
+from lang3d.convert import (CONVERSION_KEY, PUBLISHED, CheckpointKind, Conversion, ConversionError, Published,
+                            read_checkpoint, register, rename, resolve)
 from lang3d.convert.me_kernel_order import convert_hybrid_kernel
 
 KIND_ME04, KIND_ME05 = "pointcontrast", "pointcontrast-me05"
@@ -145,7 +145,10 @@ def load_res16unet_weights(backbone: nn.Module, source: str | Path,
 
 def is_res16unet_file(source: str | Path) -> bool:
     """Whether ``source`` (a path or a tag) is a PointContrast / CSC file or its ``lang3d convert`` output
-    (read with safe loading; a file of another layout, a Lightning checkpoint say, gives False)."""
+    (read with safe loading; a file of another layout, a Lightning checkpoint say, gives False, and so does a path
+    that does not exist, left for the caller's own loader to report)."""
+    if str(source) not in PUBLISHED and not Path(source).expanduser().is_file():
+        return False
     raw = safe_load(resolve(source), ALLOWED)
     if isinstance(raw, Mapping) and isinstance(raw.get(CONVERSION_KEY), Mapping):
         return raw[CONVERSION_KEY].get("kind") in (KIND_ME04, KIND_ME05)
