@@ -10,6 +10,11 @@ ranks' losses. Running statistics follow torch's BatchNorm (momentum or cumulati
 M2 / (n - 1), ``num_batches_tracked``) and are identical on every rank. In eval mode, outside a process group or
 with one rank the layer is plain BatchNorm (``F.batch_norm``).
 
+A rank without data must still join every all_reduce of a step (forward and backward), or the others wait
+forever. Within ``rows_left_out(module)`` its layers contribute a zero row (no rows) to the table while taking
+part in the all_reduce, so it can run its networks on a placeholder input with a zero-weight loss without
+changing the other ranks' statistics, outputs or gradients. An empty input (0 rows) needs no such block.
+
 ``convert_sync_batchnorm`` swaps every torch ``_BatchNorm`` (BatchNorm1d/2d/3d, torch.nn.SyncBatchNorm) and
 every ``ME.MinkowskiBatchNorm`` (ME's own MinkowskiSyncBatchNorm included, which wraps the CUDA-only
 torch.nn.SyncBatchNorm) for these layers, sharing parameters and buffers, so state-dict keys do not change.
@@ -20,6 +25,9 @@ only touches ``_BatchNorm`` instances; these layers derive from ``_NormBase`` in
 this conversion (it would only wrap BatchNorm left outside the converted network, e.g. a frozen CLIP's).
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
 
 import MinkowskiEngine as ME
 import torch
@@ -54,6 +62,7 @@ class SyncBatchNorm(_NormBase):
                  track_running_stats: bool = True, process_group=None, device=None, dtype=None):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
         self.process_group = process_group
+        self.rows_left_out = False   # see ``rows_left_out``
 
     @classmethod
     def from_batchnorm(cls, bn: _BatchNorm, process_group=None) -> "SyncBatchNorm":
@@ -88,6 +97,9 @@ class SyncBatchNorm(_NormBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
         world, rank = self._world() if self.training else (1, 0)
+        if self.rows_left_out and world == 1:
+            raise RuntimeError("SyncBatchNorm: rows can only be left out of the statistics of a training step "
+                               "across several processes")
         factor = self._average_factor()
         if world == 1:  # torch's BatchNorm: batch statistics in training or without running ones
             use_batch = self.training or self.running_mean is None
@@ -115,11 +127,12 @@ class SyncBatchNorm(_NormBase):
         c = self.num_features
         dims = [0] + list(range(2, x.dim()))
         xs = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        n_local = x.numel() // c
+        n_local = 0 if self.rows_left_out else x.numel() // c
         if n_local:
             var_local, mean_local = torch.var_mean(xs, dim=dims, correction=0)
-        else:  # an empty batch on this rank adds nothing
-            var_local = mean_local = xs.new_zeros(c)
+        else:  # no rows here (an empty batch, or rows left out): zeros, yet in the autograd graph like x, so
+            # that this rank's backward joins the all_reduce of the others' backward
+            var_local = mean_local = xs.new_zeros(c) + xs.reshape(-1)[:0].sum()
         count = xs.new_full((1,), float(n_local))
         row = torch.cat([count, mean_local, var_local * n_local])
         table = torch.stack([row if r == rank else torch.zeros_like(row) for r in range(world)])
@@ -147,6 +160,21 @@ class SparseSyncBatchNorm(ME.MinkowskiBatchNorm):
         out = cls(module.bn.num_features)
         out.bn = SyncBatchNorm.from_batchnorm(module.bn, process_group)
         return out.train(module.training)
+
+
+@contextmanager
+def rows_left_out(module: nn.Module) -> Iterator[None]:
+    """Within the block, every ``SyncBatchNorm`` of ``module`` (sparse ones included) leaves its input's rows out
+    of the union statistics: it joins the all_reduce with a count of 0 and normalises its input with the other
+    ranks' statistics. For a rank without data that runs a zero-weight training step on a placeholder input."""
+    layers = [m for m in module.modules() if isinstance(m, SyncBatchNorm)]
+    for layer in layers:
+        layer.rows_left_out = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.rows_left_out = False
 
 
 def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:

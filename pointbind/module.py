@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import nn
+from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from datamodules.modelnet40.prompts import prompt_names, templates
 from lang3d.atomic import atomic_write
@@ -303,9 +303,9 @@ class PointBindAlignment(FrozenWeightsNotSaved, L.LightningModule):
             raise ValueError(f"label {int(labels.max())} but only {len(names)} zero-shot class names")
         logits = zero_shot_logits(points, classes)
         acc = topk_accuracy(logits, labels, (1, 5))
-        pred = logits.argmax(1)
-        present = labels.unique()
-        per_class = torch.stack([(pred[labels == c] == c).float().mean() for c in present])
+        confusion = multiclass_confusion_matrix(logits, labels, num_classes=len(names))   # [true, predicted]
+        present = confusion.sum(1) > 0                                                     # classes with shapes
+        per_class = confusion.diagonal()[present] / confusion.sum(1)[present]
         self.log_dict({f"{stage}/zeroshot_top1": acc[1], f"{stage}/zeroshot_top5": acc[5],
                        f"{stage}/zeroshot_class_mean": per_class.mean()})
         ks = tuple(self.hparams.retrieval_ks)
@@ -315,9 +315,8 @@ class PointBindAlignment(FrozenWeightsNotSaved, L.LightningModule):
         self._log_retrieval(stage, "classes", "3d_to_3d",
                             retrieval_scores(points, points, labels, labels, ks, exclude_self=True))
         if not self.trainer.sanity_checking:
-            confusion = np.zeros((len(names), len(names)), dtype=np.int64)
-            np.add.at(confusion, (labels.cpu().numpy(), pred.cpu().numpy()), 1)
-            log_image(self.logger, f"{stage}/zeroshot_confusion", confusion_image(confusion, names), self.global_step)
+            log_image(self.logger, f"{stage}/zeroshot_confusion", confusion_image(confusion.cpu().numpy(), names),
+                      self.global_step)
             self._log_projector(stage, points, [names[i] for i in labels.tolist()])
 
     def _log_retrieval(self, stage: str, relevance: str, direction: str, scores: dict[str, torch.Tensor]) -> None:

@@ -1,4 +1,4 @@
-"""Cross-modal retrieval scores (recall@K, mAP) and the torchmetrics bank that collects embeddings across ranks.
+"""Cross-modal retrieval scores (recall@K, mAP) and the bank that collects embeddings across DDP ranks.
 
 Relevance is label equality: item-level retrieval (Cap3D: a shape and its own caption / view) gives every item
 its own label; class-level retrieval (ModelNet40) gives the class index, so every shape of the class counts.
@@ -9,8 +9,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from torchmetrics import Metric
+from torch import nn
+from torchmetrics.functional.retrieval import retrieval_average_precision, retrieval_hit_rate
+
+from lang3d.distributed import gather_rows, row_counts
 
 
 def retrieval_scores(query: torch.Tensor, gallery: torch.Tensor, query_labels: torch.Tensor,
@@ -18,8 +22,9 @@ def retrieval_scores(query: torch.Tensor, gallery: torch.Tensor, query_labels: t
                      chunk: int = 1024) -> dict[str, torch.Tensor]:
     """Queries [Q,D] against gallery [G,D] -> {"R@k": ..., "mAP": ..., "queries": count}.
 
-    R@k: fraction of queries with at least one relevant item among the k first. mAP: mean over queries of the
-    average precision (1/R) Σ_{relevant ranks r} precision@r over the whole ranking. ``exclude_self`` (query
+    R@k: fraction of queries with at least one relevant item among the k first (torchmetrics' hit rate). mAP:
+    mean over queries of the average precision (1/R) Σ_{relevant ranks r} precision@r over the whole ranking
+    (torchmetrics' ``retrieval_average_precision``). ``exclude_self`` (query
     set = gallery set, e.g. 3D->3D) removes each query from its own gallery. Queries with no relevant item are
     left out of every score (counted out of ``queries``).
     """
@@ -38,16 +43,14 @@ def retrieval_scores(query: torch.Tensor, gallery: torch.Tensor, query_labels: t
             rows = torch.arange(len(sim), device=sim.device)
             sim[rows, rows + start] = float("-inf")
             relevant[rows, rows + start] = False
-        order = sim.argsort(dim=1, descending=True, stable=True)
-        rel = relevant.gather(1, order).float()                                          # [q, G] by rank
-        keep = rel.sum(1) > 0
-        rel = rel[keep]
+        keep = relevant.any(1)
         counted += int(keep.sum())
-        for k in ks:
-            hits[k] += rel[:, :k].amax(1).sum()
-        ranks = torch.arange(1, rel.shape[1] + 1, device=rel.device)
-        precision = rel.cumsum(1) / ranks
-        ap_sum += ((precision * rel).sum(1) / rel.sum(1).clamp(min=1)).sum()
+        # torchmetrics' average precision treats items scored <= 0 as not retrieved: cosines move to [1, 3]
+        # (same order; an excluded self stays at -inf, not relevant)
+        for row, target in zip(sim[keep] + 2.0, relevant[keep]):                         # torchmetrics, per query
+            for k in ks:
+                hits[k] += retrieval_hit_rate(row, target, top_k=k)
+            ap_sum += retrieval_average_precision(row, target)
     denom = max(counted, 1)
     scores = {f"R@{k}": hits[k] / denom for k in ks}
     scores["mAP"] = ap_sum / denom
@@ -55,17 +58,18 @@ def retrieval_scores(query: torch.Tensor, gallery: torch.Tensor, query_labels: t
     return scores
 
 
-class EmbeddingBank(Metric):
-    """Collects named tensors batch by batch (``update(point=[B,D], label=[B], ...)``, the same names every
-    time); ``compute()`` returns them concatenated, across all DDP ranks (rank order), as {name: tensor}."""
+class EmbeddingBank(nn.Module):
+    """Collects named tensors batch by batch (``update(point=[B,D], label=[B], ...)``, the same names, trailing
+    shapes and dtypes every time); ``compute()`` returns them concatenated across all DDP ranks (rank order) as
+    {name: tensor}, or None when no rank holds a row. Under DDP ``compute`` is a collective that every rank calls,
+    also a rank that saw no batch at all (an evaluation set smaller than the number of ranks): such a rank
+    contributes no rows and learns the names' shapes and dtypes from the first rank that holds some."""
 
-    full_state_update = False
-
-    def __init__(self, names: Sequence[str], **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, names: Sequence[str]):
+        super().__init__()
         self.names = tuple(names)
-        for name in self.names:
-            self.add_state(name, default=[], dist_reduce_fx="cat")
+        self._parts: dict[str, list[torch.Tensor]] = {name: [] for name in self.names}
+        self.register_buffer("_device", torch.empty(0), persistent=False)   # follows the module's device
 
     def update(self, **tensors: torch.Tensor) -> None:
         if set(tensors) != set(self.names):
@@ -74,17 +78,24 @@ class EmbeddingBank(Metric):
         if len(sizes) != 1:
             raise ValueError(f"EmbeddingBank.update: tensors of different lengths {sizes}")
         for name, tensor in tensors.items():
-            getattr(self, name).append(tensor.detach())
+            self._parts[name].append(tensor.detach())
 
-    def compute(self) -> dict[str, torch.Tensor]:
-        out = {}
-        for name in self.names:
-            value = getattr(self, name)
-            out[name] = torch.cat(value) if isinstance(value, list) else value
-        return out
+    def reset(self) -> None:
+        self._parts = {name: [] for name in self.names}
 
-    @property
-    def empty(self) -> bool:
-        """True when no batch was added since the last reset (on this rank)."""
-        first = getattr(self, self.names[0])
-        return isinstance(first, list) and not first
+    def compute(self) -> dict[str, torch.Tensor] | None:
+        local = {name: torch.cat(parts) if parts else None for name, parts in self._parts.items()}
+        first = local[self.names[0]]
+        device = first.device if first is not None else self._device.device
+        counts = row_counts(0 if first is None else len(first), device)
+        if sum(counts) == 0:
+            return None
+        if 0 in counts:  # ranks without rows make empty tensors like the first rank's with rows
+            layout = [{name: (tuple(t.shape[1:]), t.dtype) for name, t in local.items()} if first is not None
+                      else None]
+            dist.broadcast_object_list(layout, src=next(r for r, n in enumerate(counts) if n))
+            if first is None:
+                local = {name: torch.empty((0, *shape), dtype=dtype, device=device)
+                         for name, (shape, dtype) in layout[0].items()}
+        return {name: gather_rows(tensor)[0] for name, tensor in local.items()}
+

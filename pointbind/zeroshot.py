@@ -6,6 +6,7 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torchmetrics.functional.classification import multiclass_accuracy
 
 
 def average_templates(embeddings: torch.Tensor) -> torch.Tensor:
@@ -34,7 +35,7 @@ def zero_shot_logits(points: torch.Tensor, classes: torch.Tensor) -> torch.Tenso
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, torch.Tensor]:
-    """Fraction of rows whose label is among the k highest logits [N,C], for each k (capped at C)."""
-    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
-    hit = top == labels.reshape(-1, 1)
-    return {k: hit[:, :k].any(1).float().mean() for k in ks}
+    """Fraction of rows whose label is among the k highest logits [N,C], for each k (capped at C): torchmetrics'
+    micro-averaged multiclass accuracy with ``top_k``."""
+    c = logits.shape[1]
+    return {k: multiclass_accuracy(logits, labels, num_classes=c, top_k=min(k, c), average="micro") for k in ks}

@@ -101,13 +101,13 @@ def test_retrieval_matches_a_naive_ranking_on_random_data():
 
 def test_embedding_bank_concatenates_and_resets():
     bank = EmbeddingBank(("point", "label"))
-    assert bank.empty
+    assert bank.compute() is None
     bank.update(point=torch.ones(2, 3), label=torch.tensor([0, 1]))
     bank.update(point=torch.zeros(1, 3), label=torch.tensor([4]))
     data = bank.compute()
     assert data["point"].shape == (3, 3) and data["label"].tolist() == [0, 1, 4]
     bank.reset()
-    assert bank.empty
+    assert bank.compute() is None
     with pytest.raises(ValueError, match="exactly"):
         bank.update(point=torch.ones(1, 3))
     with pytest.raises(ValueError, match="different lengths"):

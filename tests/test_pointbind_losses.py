@@ -1,4 +1,5 @@
-"""Point-Bind loss and projection: InfoNCE against loops, the gathered loss under two gloo ranks (even, uneven and empty shares), the head."""
+"""Point-Bind loss and projection: InfoNCE against loops, the gathered loss under two gloo ranks (even, uneven
+and empty shares), the head."""
 import math
 from datetime import timedelta
 

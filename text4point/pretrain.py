@@ -15,16 +15,17 @@ from datamodules.scannet.meta import CLASS_LABELS
 from lang3d.checkpoint import FrozenWeightsNotSaved
 from lang3d.clip import CLIPDenseImageEncoder, CLIPTextEncoder, load_clip
 from lang3d.data.sampling import seed_from_names
+from lang3d.empty_steps import EmptyStepsMixin
 from lang3d.losses import masked_l1, pixel_voxel_contrastive_loss
 from lang3d.prompt_learner import build_class_embeddings
 from lang3d.sparse_index import coarsen, lookup_rows
-from lang3d.sync_batchnorm import sync_batchnorm_under_ddp
+from lang3d.sync_batchnorm import rows_left_out, sync_batchnorm_under_ddp
 from lang3d.tensorboard import log_image, overlay_points
 from text4point.image_branch import ImageDecoder, pixel_cells, upsample_to_pixels
 from text4point.network import ENCODER_STRIDE, Text4PointNet
 
 
-class Text4PointPretraining(FrozenWeightsNotSaved, L.LightningModule):
+class Text4PointPretraining(EmptyStepsMixin, FrozenWeightsNotSaved, L.LightningModule):
     """Pre-training module. Batches come from ``ScanNetPairsDataModule`` (see ``collate_point_samples``).
 
     Args:
@@ -129,8 +130,10 @@ class Text4PointPretraining(FrozenWeightsNotSaved, L.LightningModule):
         n_skipped = sum(batch["skipped"].values())
         self._skipped.update(batch["skipped"])
         self.log("data/skipped_frames", float(n_skipped), on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True)
-        if len(batch["pairs"]) == 0:
-            return None  # every frame of the batch was skipped: no step
+        if self.samples_on_all_ranks(batch) == 0:
+            return self.zero_weight_loss()  # every rank's frames were skipped: no update (lang3d.empty_steps)
+        if self.samples_in_batch(batch) == 0:
+            return self._placeholder_loss()  # this rank's frames were all skipped, other ranks' were not
         out = self._losses(batch)
         bs = len(batch["names"])
         for key, value in out.items():
@@ -142,6 +145,21 @@ class Text4PointPretraining(FrozenWeightsNotSaved, L.LightningModule):
         if interval and self.global_step % interval == 0:
             self._log_matches(batch)
         return out["loss"]
+
+    def samples_in_batch(self, batch: dict) -> int:
+        return len(batch["pairs"])   # pixel-voxel pairs: none when every frame of the batch was skipped
+
+    def _placeholder_loss(self) -> torch.Tensor:
+        """0 × the outputs of every trainable network (2D decoder; SR-UNet with the Text Querying Module) on a
+        placeholder (one blank CLIP feature cell, one voxel) whose rows the synchronised BatchNorm leaves out: a
+        rank without frames still joins the other ranks' BatchNorm all-reduces and DDP's gradient all-reduce,
+        adding nothing to their statistics and zero to their gradients."""
+        with rows_left_out(self):
+            z2d, depth = self.image_decoder(torch.zeros(1, self.image_encoder.embed_dim, 1, 1, device=self.device))
+            x = ME.SparseTensor(features=torch.zeros(1, self.hparams.in_channels, device=self.device),
+                                coordinates=torch.zeros(1, 4, dtype=torch.int32), device=self.device)
+            feats = self.net(x, self.text())
+        return 0.0 * sum(t.sum() for t in (z2d, depth, feats.h3d_expanded, feats.z3d.F))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         if len(batch["pairs"]) == 0:

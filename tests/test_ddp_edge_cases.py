@@ -1,0 +1,210 @@
+"""DDP edge cases through the real CLI with 2 CPU processes (gloo), helpers from ``test_ddp_pipelines``:
+
+a rank whose whole batch was skipped (corrupt clouds / frames) while the other rank trains must take part in every
+collective of the step (synchronised BatchNorm, the Point-Bind gathers, DDP's gradient all-reduce) with a
+zero-weight step, or the run hangs; a step where every rank's batch was skipped changes nothing on any rank.
+Below them, with 2 gloo processes of torch.multiprocessing: the synchronised BatchNorm with a rank holding no
+rows (an empty input, or a placeholder left out of the statistics) against torch's BatchNorm over the other rank's
+rows, and ``EmbeddingBank`` with a rank holding nothing against the rows of one process. A hang fails through
+``run_ddp``'s timeout or the process group's. The uneven-batch InfoNCE is tested in test_pointbind_losses.py.
+"""
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from datamodules.cap3d import Cap3DDataModule
+from datamodules.synthetic.cap3d import POINT_DIR, generate_cap3d
+from datamodules.synthetic.modelnet40 import generate_modelnet40
+from datamodules.synthetic.scannet import generate_scannet
+from lang3d.sync_batchnorm import SyncBatchNorm, rows_left_out
+from pointbind.retrieval import EmbeddingBank
+from test_ddp_pipelines import _cap3d, fit_ddp, reports
+
+pytestmark = pytest.mark.ddp
+
+
+# ---------------------------------------------------------------- collectives with a rank without rows
+def _rows(seed: int, n: int) -> torch.Tensor:
+    return 2.0 + torch.randn(n, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _batchnorm_rank(rank: int, case: str) -> dict:
+    """Rank 0: 6 rows, loss Σ w·y. Rank 1: no rows ("empty" input [0, 3]) or 4 placeholder rows left out of the
+    statistics with a zero-weight loss ("left_out"). Two training steps."""
+    bn = SyncBatchNorm(3, momentum=0.3).double()
+    steps = []
+    for step in range(2):
+        bn.zero_grad()
+        if rank == 0:
+            x = _rows(step, 6).requires_grad_()
+            y = bn(x)
+            (_rows(10 + step, 6) * y).sum().backward()
+        elif case == "empty":
+            x = _rows(step, 0).requires_grad_()
+            y = bn(x)
+            y.sum().backward()
+        else:
+            x = _rows(20 + step, 4).requires_grad_()
+            with rows_left_out(bn):
+                y = bn(x)
+            (0.0 * y.sum()).backward()
+        grads = {}
+        for name, p in bn.named_parameters():   # what DDP leaves in .grad: the mean over ranks
+            g = p.grad.clone()
+            dist.all_reduce(g)
+            grads[name] = g / 2
+        steps.append({"out": y.detach(), "grad": x.grad, "params": grads, "mean": bn.running_mean.clone(),
+                      "var": bn.running_var.clone()})
+    return steps
+
+
+def _bank_rank(rank: int, counts: tuple[int, int]) -> dict | None:
+    """Rank r adds ``counts[r]`` rows (two batches where it can): embeddings [n, 4] float, labels [n] int64."""
+    bank = EmbeddingBank(("point", "label"))
+    start, n = sum(counts[:rank]), counts[rank]
+    points, labels = _rows(99, sum(counts)).repeat(1, 2)[start:start + n], torch.arange(start, start + n)
+    for part in (slice(0, n // 2), slice(n // 2, n)):
+        if part.stop > part.start:
+            bank.update(point=points[part], label=labels[part])
+    return bank.compute()
+
+
+BANK_COUNTS = [(3, 0), (0, 2), (3, 1), (0, 0)]
+
+
+def _collectives(rank: int, store: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))   # a collective left waiting fails instead of hanging
+    results = {case: _batchnorm_rank(rank, case) for case in ("empty", "left_out")}
+    results["bank"] = [_bank_rank(rank, counts) for counts in BANK_COUNTS]
+    torch.save(results, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("collectives")
+    mp.spawn(_collectives, args=(str(tmp / "store"), str(tmp / "out")), nprocs=2, join=True)
+    return [torch.load(tmp / f"out.{r}", weights_only=False) for r in range(2)]
+
+
+@pytest.mark.parametrize("case", ["empty", "left_out"])
+def test_batchnorm_with_a_rank_without_rows_is_batchnorm_over_the_others(two_ranks, case):
+    """Rank 1 joins every all_reduce (forward and backward) without adding rows: rank 0's outputs, input
+    gradients and running statistics are those of torch's BatchNorm over its rows alone, the DDP-averaged
+    parameter gradients half of its (rank 1's loss adds nothing), and rank 1 ends with the same statistics."""
+    ref = nn.BatchNorm1d(3, momentum=0.3).double()
+    for step in range(2):
+        ref.zero_grad()
+        x = _rows(step, 6).requires_grad_()
+        y = ref(x)
+        (_rows(10 + step, 6) * y).sum().backward()
+        got, other = two_ranks[0][case][step], two_ranks[1][case][step]
+        torch.testing.assert_close(got["out"], y.detach())
+        torch.testing.assert_close(got["grad"], x.grad)
+        for name, p in ref.named_parameters():
+            for r in (got, other):
+                torch.testing.assert_close(r["params"][name], p.grad / 2)
+        for r in (got, other):
+            torch.testing.assert_close(r["mean"], ref.running_mean)
+            torch.testing.assert_close(r["var"], ref.running_var)
+    assert (two_ranks[1][case][1]["grad"] == 0).all()
+
+
+@pytest.mark.parametrize("case", range(len(BANK_COUNTS)), ids=[f"{a}+{b}" for a, b in BANK_COUNTS])
+def test_embedding_bank_with_a_rank_without_rows(two_ranks, case):
+    """Both ranks get every row, in rank order, with the dtypes and shapes of the rows (also the rank that saw
+    none); no row anywhere: None on both."""
+    counts = BANK_COUNTS[case]
+    got = [r["bank"][case] for r in two_ranks]
+    if sum(counts) == 0:
+        assert got == [None, None]
+        return
+    for data in got:
+        torch.testing.assert_close(data["point"], _rows(99, sum(counts)).repeat(1, 2))
+        assert data["label"].dtype == torch.int64 and data["label"].tolist() == list(range(sum(counts)))
+
+
+def shards(num_samples: int, drop_last: bool, seed: int = 0) -> list[list[int]]:
+    """The training samples of each of 2 ranks in step order, epoch 0 (what the datamodules' sharded training
+    loaders draw: a DistributedSampler shuffled with the datamodule's seed)."""
+    return [list(DistributedSampler(range(num_samples), num_replicas=2, rank=rank, shuffle=True, seed=seed,
+                                    drop_last=drop_last)) for rank in range(2)]
+
+
+def check_steps(run, steps: int, unchanged: tuple[int, ...]) -> None:
+    """Both ranks ran ``steps`` training batches and after each held identical weights and buffers; after the
+    batches ``unchanged`` (every rank's samples skipped) nothing changed, after every other one the weights did."""
+    rank0, rank1 = reports(run, "fit")
+    assert rank0["world_size"] == 2 and len(rank0["sha256"]) == steps
+    assert rank0["sha256"] == rank1["sha256"], "the ranks' weights or buffers differ after a DDP training step"
+    hashes = rank0["sha256"]
+    for step in range(1, steps):
+        assert (hashes[step] == hashes[step - 1]) == (step in unchanged), step
+
+
+def check_finite(run) -> None:
+    """No NaN or inf reached the saved weights (a zero-weight step multiplies by 0, which keeps NaN)."""
+    state = torch.load(run / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+# ---------------------------------------------------------------- Point-Bind
+@pytest.fixture
+def cap3d(tmp_path):
+    """12 synthetic Cap3D objects and one ModelNet40 test shape per class (the validation set the config names)
+    under ``<tmp>/objects``, the layout ``_cap3d`` expects."""
+    root = tmp_path / "objects"
+    generate_cap3d(root / "cap3d", num_objects=12, views=2, image_size=32, points=512)
+    generate_modelnet40(root / "modelnet40", train_per_class=1, test_per_class=1, points=512, formats=("resampled",))
+    return root
+
+
+def pointbind_config(objects, *extra: str) -> list[str]:
+    alignment, zeroshot = "--data.init_args.alignment.init_args", "--data.init_args.zeroshot.init_args"
+    return ["-c", "configs/pointbind.yaml", "-c", "configs/pointbind_demo.yaml", *_cap3d(alignment[2:], objects),
+            f"{alignment}.image_size", "[32, 32]", f"{zeroshot}.root", str(objects / "modelnet40"),
+            f"{zeroshot}.num_workers", "0", f"{zeroshot}.num_points", "256", "--model.init_args.embedding_cache",
+            "null", "--model.init_args.log_embeddings", "0", *extra]
+
+
+def test_pointbind_rank_with_all_samples_skipped_takes_a_zero_step(cap3d, tmp_path):
+    """6 training objects, batch size 1, 3 steps per rank. Step 0: rank 1's object is an empty cloud (rank 0
+    trains alone); step 1: both ranks' objects are bad (no step anywhere); step 2: both train."""
+    alignment = "--data.init_args.alignment.init_args"
+    config = pointbind_config(cap3d, f"{alignment}.max_train_objects", "6")
+    dm = Cap3DDataModule(str(cap3d / "cap3d"), split_fractions=(0.6, 0.4), max_train_objects=6, load_images=False)
+    train = dm.splits()["train"]
+    assert len(train) == 6
+    order = shards(len(train), drop_last=True)
+    for rank, step in ((1, 0), (0, 1), (1, 1)):
+        torch.save(torch.zeros(6, 0), cap3d / "cap3d" / POINT_DIR / f"{train[order[rank][step]].uid}.pt")
+    run = tmp_path / "run"
+    fit_ddp(config, run, "--trainer.max_steps", "-1", "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0")
+    check_steps(run, steps=3, unchanged=(1,))
+    check_finite(run)
+
+
+# ---------------------------------------------------------------- Text4Point pre-training
+def test_text4point_rank_with_all_frames_skipped_takes_a_zero_step(tmp_path):
+    """A training scan of 6 frames, batch size 1, 3 steps per rank. Step 0: rank 1's frame has a NaN pose (rank 0
+    trains alone; rank 1 runs the SR-UNet, the Text Querying Module and the 2D decoder on a placeholder left out
+    of the synchronised BatchNorm); step 1: both ranks' frames are bad (no update anywhere); step 2: both train."""
+    root = tmp_path / "scannet"
+    generate_scannet(root, num_scenes=2, frames_per_scene=6, color_size=(128, 96), depth_size=(40, 30), seed=0)
+    order = shards(6, drop_last=False)
+    for rank, step in ((1, 0), (0, 1), (1, 1)):
+        (root / "scans" / "scene0000_00" / "pose" / f"{order[rank][step]}.txt").write_text("nan nan nan nan\n" * 4)
+    config = ["-c", "configs/text4point/pretrain_scannet.yaml", "-c", "configs/text4point/demo_synthetic.yaml",
+              "--data.root", str(root), "--data.frame_skip", "1", "--data.image_size", "[96, 128]",
+              "--data.voxel_size", "0.05", "--data.num_workers", "0", "--data.batch_size", "1",
+              "--model.feature_dim", "16", "--model.decoder_width", "16", "--model.num_pairs", "128"]
+    run = tmp_path / "run"
+    fit_ddp(config, run, "--trainer.max_steps", "-1", "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0")
+    check_steps(run, steps=3, unchanged=(1,))
+    check_finite(run)
