@@ -38,3 +38,75 @@ def test_seed_from_names_is_the_crc32_of_the_joined_names():
     assert seed_from_names(["a", "bc"]) == zlib.crc32(b"a|bc")
     assert seed_from_names(["a", "bc"]) != seed_from_names(["bc", "a"])
     assert 0 <= seed_from_names(["scene0000_00/0"]) < 2**32
+
+
+# ---------------------------------------------------------------- resuming through the loader's state_dict
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import get_worker_info  # noqa: E402
+
+from lang3d.data.sampling import EpochSeededDataset  # noqa: E402
+
+
+class IndexEpochWorkerSeed(EpochSeededDataset):
+    """Sample i = (i, the epoch the dataset holds when serving it, the serving worker's seed or -1)."""
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, index):
+        worker = get_worker_info()
+        return index, int(self._epoch), -1 if worker is None else worker.seed
+
+
+def collate(samples):
+    return [tuple(s) for s in samples]
+
+
+def lightning_pass(loader, epoch):
+    """How Lightning starts a pass: ``iter(loader)`` first, then ``set_epoch``, then the batches."""
+    iterator = iter(loader)
+    loader.sampler.set_epoch(epoch)
+    return iterator
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_loader_restored_from_its_state_dict_continues_with_the_same_batches(num_workers):
+    def make():
+        return sharded_loader(IndexEpochWorkerSeed(), None, 3, True, 5, num_workers, collate)
+
+    reference = make()
+    epoch1 = list(lightning_pass(reference, 1))
+    assert [s[1] for b in epoch1 for s in b] == [1] * 10  # the dataset served epoch 1 in the worker too
+    interrupted = make()
+    iterator = lightning_pass(interrupted, 1)
+    head = [next(iterator), next(iterator)]
+    state = interrupted.state_dict()
+    assert state == {"epoch": 1, "batches_done": 2}
+    assert head == epoch1[:2]
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert list(lightning_pass(resumed, 1)) == epoch1[2:]  # mid-epoch: the rest of epoch 1, as served before
+    assert resumed.state_dict() == {"epoch": 1, "batches_done": 4}
+    assert list(lightning_pass(resumed, 2)) == list(lightning_pass(make(), 2))  # later epochs in full
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_state_saved_on_an_epochs_last_batch_resumes_with_the_next_epoch_in_full(num_workers):
+    def make():
+        return sharded_loader(IndexEpochWorkerSeed(), None, 3, True, 5, num_workers, collate)
+
+    finished = make()
+    list(lightning_pass(finished, 0))
+    resumed = make()
+    resumed.load_state_dict(finished.state_dict())
+    assert list(lightning_pass(resumed, 1)) == list(lightning_pass(make(), 1))
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_loaders_draw_nothing_from_the_global_generator_and_seed_workers_per_epoch(shuffle):
+    loader = sharded_loader(IndexEpochWorkerSeed(), None, 4, shuffle, 5, 1, collate)
+    state = torch.get_rng_state()
+    seeds = [{s[2] for b in lightning_pass(loader, e) for s in b} for e in (0, 0, 1)]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert seeds[0] == seeds[1] and seeds[0] != seeds[2]  # worker seeds follow (seed, epoch)

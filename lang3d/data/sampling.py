@@ -6,14 +6,19 @@ epoch on to an ``EpochSeededDataset``, whose per-sample random draws (augmentati
 only on (seed, epoch, index) as well. Evaluation loaders
 (``shuffle=False``) split the samples without padding, so under DDP every sample is scored exactly once.
 
-Training loaders are resumable mid-epoch: Lightning stores their ``state_dict`` (epoch, batches done) in every
-checkpoint and hands it back on resume, and the sampler then skips the samples of the batches already trained on,
-so a run killed mid-epoch and resumed sees exactly the batches of an uninterrupted one.
+The loaders draw nothing from the global random generators: the base seed of a pass's worker processes comes from
+the loader's own generator, seeded by (seed, epoch, rank) when the pass begins. A pass begins at its first batch
+(not at ``iter(loader)``), so it follows the epoch Lightning set last, in worker processes too.
+
+Training loaders are resumable mid-epoch through Lightning's public stateful-loader protocol: Lightning stores
+their ``state_dict`` (epoch, batches this loader has handed out in that epoch's pass) in every checkpoint and hands
+it back with ``load_state_dict`` on resume; the next pass over that epoch then starts after those batches' samples,
+so a run killed anywhere and resumed sees exactly the batches of an uninterrupted one.
 """
 from __future__ import annotations
 
 import zlib
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import lightning as L
 import numpy as np
@@ -45,46 +50,76 @@ class _ForwardEpoch:
 
 
 class _TrainSampler(_ForwardEpoch, DistributedSampler):
-    """Shuffled per (seed, epoch), padded to equal shards. ``resume(epoch, n)``: the next pass over ``epoch``
-    starts after its first n samples (once)."""
+    """Shuffled per (seed, epoch), padded to equal shards; the next pass leaves out its first ``start`` samples."""
 
-    _resume: tuple[int, int] | None = None
-
-    def resume(self, epoch: int, num_samples_done: int) -> None:
-        self._resume = (epoch, num_samples_done)
+    start = 0
 
     def __iter__(self):
-        indices = list(super().__iter__())
-        if self._resume is not None and self._resume[0] == self.epoch:
-            indices = indices[self._resume[1]:]
-        self._resume = None
-        return iter(indices)
-
-
-class _ResumableLoader(DataLoader):
-    """A training DataLoader Lightning can checkpoint: ``state_dict`` = (epoch, batches this epoch the trainer has
-    processed); ``load_state_dict`` makes the sampler skip those batches' samples."""
-
-    def __init__(self, *args, trainer: L.Trainer, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._trainer = trainer
-
-    def state_dict(self) -> dict:
-        done = self._trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": int(self.sampler.epoch), "batches_done": int(done)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.resume(state["epoch"], state["batches_done"] * self.batch_size)
+        start, self.start = self.start, 0
+        return iter(list(super().__iter__())[start:])
 
 
 class _EvalSampler(_ForwardEpoch, UnrepeatedDistributedSampler):
     """In order, unpadded: every sample on exactly one rank."""
 
 
+class _SeededLoader(DataLoader):
+    """A DataLoader whose pass begins at its first batch, with the workers' base seed drawn from its own generator
+    seeded by (seed, epoch, rank): the global random generators are left alone."""
+
+    def __init__(self, dataset: Dataset, **options):
+        super().__init__(dataset, generator=torch.Generator(), **options)
+
+    def __iter__(self) -> Iterator:
+        return self._pass()
+
+    def _begin_pass(self) -> None:
+        """Called when the pass's first batch is asked for, before the sampler is read."""
+        sampler = self.sampler
+        self.generator.manual_seed(int(np.random.SeedSequence([sampler.seed % 2**63, sampler.epoch, sampler.rank])
+                                       .generate_state(1)[0]))
+
+    def _pass(self) -> Iterator:
+        self._begin_pass()
+        yield from super().__iter__()
+
+
+class _ResumableLoader(_SeededLoader):
+    """A training DataLoader Lightning checkpoints: ``state_dict`` = (epoch, batches handed out in that epoch's
+    pass); after ``load_state_dict`` the next pass over that epoch skips those batches' samples. A pass over another
+    epoch (the state was saved on an epoch's last batch) starts from its beginning."""
+
+    def __init__(self, dataset: Dataset, **options):
+        super().__init__(dataset, **options)
+        self._epoch, self._batches_done = 0, 0
+        self._resume_at: tuple[int, int] | None = None
+
+    def state_dict(self) -> dict:
+        return {"epoch": self._epoch, "batches_done": self._batches_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._epoch, self._batches_done = int(state["epoch"]), int(state["batches_done"])
+        self._resume_at = (self._epoch, self._batches_done)
+        self.sampler.set_epoch(self._epoch)  # Lightning sets the epoch it continues with before the pass begins
+
+    def _begin_pass(self) -> None:
+        super()._begin_pass()
+        epoch = self.sampler.epoch
+        done = self._resume_at[1] if self._resume_at is not None and self._resume_at[0] == epoch else 0
+        self._resume_at = None
+        self._epoch, self._batches_done = epoch, done
+        self.sampler.start = done * self.batch_size
+
+    def _pass(self) -> Iterator:
+        for batch in super()._pass():
+            self._batches_done += 1
+            yield batch
+
+
 def sharded_loader(dataset: Dataset, trainer: L.Trainer | None, batch_size: int, shuffle: bool, seed: int,
                    num_workers: int, collate_fn: Callable, drop_last: bool = False) -> DataLoader:
-    """A DataLoader whose sampler holds this rank's shard (world size 1 without a trainer); with a trainer, a
-    shuffled (training) loader resumes mid-epoch."""
+    """A DataLoader whose sampler holds this rank's shard (world size 1 without a trainer); a shuffled (training)
+    loader is resumable (``state_dict`` / ``load_state_dict``)."""
     world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
     sampler_type = _TrainSampler if shuffle else _EvalSampler
     sampler = sampler_type(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
@@ -92,9 +127,7 @@ def sharded_loader(dataset: Dataset, trainer: L.Trainer | None, batch_size: int,
     # augmentations, set through ``set_epoch``) reaches them.
     options = dict(batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate_fn,
                    drop_last=drop_last, persistent_workers=False, pin_memory=False)
-    if shuffle and trainer is not None:
-        return _ResumableLoader(dataset, trainer=trainer, **options)
-    return DataLoader(dataset, **options)
+    return (_ResumableLoader if shuffle else _SeededLoader)(dataset, **options)
 
 
 def seed_from_names(names: Sequence[str]) -> int:
