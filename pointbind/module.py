@@ -17,8 +17,9 @@ from datamodules.modelnet40.prompts import prompt_names, templates
 from lang3d.atomic import atomic_write
 from lang3d.checkpoint import FrozenWeightsNotSaved
 from lang3d.clip import CLIPTextEncoder, load_clip
+from lang3d.empty_steps import EmptyStepsMixin
 from lang3d.embedding_cache import EmbeddingCache, content_key, model_fingerprint
-from lang3d.sync_batchnorm import sync_batchnorm_under_ddp
+from lang3d.sync_batchnorm import rows_left_out, sync_batchnorm_under_ddp
 from lang3d.schedules import warmup_cosine
 from lang3d.tensorboard import confusion_image, log_image
 from pointbind.arithmetic import composed_retrieval
@@ -31,9 +32,10 @@ from pointbind.retrieval import EmbeddingBank, retrieval_scores
 from pointbind.zeroshot import class_text_embeddings, topk_accuracy, zero_shot_logits
 
 STAGES = ("val", "test")
+LOSS_TERMS = ("loss", "loss_text", "loss_image")
 
 
-class PointBindAlignment(FrozenWeightsNotSaved, L.LightningModule):
+class PointBindAlignment(EmptyStepsMixin, FrozenWeightsNotSaved, L.LightningModule):
     """Batches: alignment batches hold ``points`` [B,N,3], ``caption`` (B strings) and, when the image term is
     on, ``image`` uint8 [B,H,W,3] (``Cap3DDataModule``); zero-shot batches hold ``points`` and ``label`` [B]
     (``ModelNet40DataModule``). Validation and test take either kind (see ``PointBindDataModule``).
@@ -88,6 +90,7 @@ class PointBindAlignment(FrozenWeightsNotSaved, L.LightningModule):
             self.banks[f"{stage}_zeroshot"] = EmbeddingBank(("point", "label"))
             self.banks[f"{stage}_text"] = EmbeddingBank(("point", "text"))
             self.banks[f"{stage}_image"] = EmbeddingBank(("point", "image"))
+            self.banks[f"{stage}_loss"] = EmbeddingBank(LOSS_TERMS[:3 if image_loss_weight > 0 else 2])
         self._caches: dict[str, EmbeddingCache] = {}
         self._classes: tuple[list[str], torch.Tensor] | None = None
         self._gallery: torch.Tensor | None = None
@@ -225,18 +228,35 @@ class PointBindAlignment(FrozenWeightsNotSaved, L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int):
         skipped = float(sum(batch["skipped"].values())) if "skipped" in batch else 0.0
         self.log("data/skipped_samples", skipped, on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True)
-        if "points" not in batch:
-            return None  # every sample of the batch was skipped
+        if self.samples_on_all_ranks(batch) == 0:
+            return self.zero_weight_loss()  # every rank's samples were skipped: no update (lang3d.empty_steps)
+        bs = self.samples_in_batch(batch)
+        if bs == 0:
+            return self._placeholder_loss()   # this rank's samples were all skipped, other ranks' were not
         out = self._alignment(batch)
-        bs = len(batch["points"])
         for key in ("loss", "loss_text", "loss_image", "acc_text", "acc_image"):
             if key in out:
                 self.log(f"train/{key}", out[key], batch_size=bs, prog_bar=key == "loss")
         self.log("train/logit_scale", self.logit_scale(), batch_size=bs)
         return out["loss"]
 
+    def _placeholder_loss(self) -> torch.Tensor:
+        """The loss of no rows (0, with zero gradients) that still runs every collective of the other ranks' step:
+        the encoder's synchronised BatchNorm, on a placeholder cloud left out of its statistics (the encoder's
+        grouping takes no empty batch), the loss's gathers, then DDP's gradient all-reduce."""
+        placeholder = torch.zeros(1, _fewest_points(self.encoder), 3, device=self.device)
+        with rows_left_out(self.encoder):
+            point = self(placeholder)[:0]
+        no_rows = torch.zeros_like(point)
+        weight = self.hparams.image_loss_weight
+        return alignment_loss(point, no_rows, no_rows if weight > 0 else None, self.logit_scale(), weight)["loss"]
+
+    def samples_in_batch(self, batch: dict) -> int:
+        return len(batch["points"]) if "points" in batch else 0   # a batch of skipped samples holds no points
+
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.logit_scale.clamp_()
+        super().on_train_batch_end(outputs, batch, batch_idx)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -260,9 +280,8 @@ class PointBindAlignment(FrozenWeightsNotSaved, L.LightningModule):
             self.banks[f"{stage}_zeroshot"].update(point=self(batch["points"]), label=batch["label"])
             return
         out = self._alignment(batch)
-        for key in ("loss", "loss_text", "loss_image"):
-            if key in out:
-                self.log(f"{stage}/{key}", out[key], batch_size=bs, sync_dist=True, add_dataloader_idx=False)
+        losses = self.banks[f"{stage}_loss"]   # per sample its batch's loss: the mean weights batches by size
+        losses.update(**{key: out[key].detach().expand(bs) for key in losses.names})
         self.banks[f"{stage}_text"].update(point=out["point"], text=out["text"])
         if out["image"] is not None:
             self.banks[f"{stage}_image"].update(point=out["point"], image=out["image"])
@@ -280,11 +299,17 @@ class PointBindAlignment(FrozenWeightsNotSaved, L.LightningModule):
         self._report("test")
 
     def _report(self, stage: str) -> None:
+        """Every bank's ``compute`` is a collective: every rank gets here (also one without evaluation samples)
+        and computes the same metrics from the same gathered embeddings."""
         ks = tuple(self.hparams.retrieval_ks)
+        losses = self.banks[f"{stage}_loss"].compute()
+        if losses is not None:
+            self.log_dict({f"{stage}/{key}": value.mean() for key, value in losses.items()})
+        self.banks[f"{stage}_loss"].reset()
         for other in ("text", "image"):
             bank = self.banks[f"{stage}_{other}"]
-            if not bank.empty:
-                data = bank.compute()
+            data = bank.compute()
+            if data is not None:
                 items = torch.arange(len(data["point"]), device=data["point"].device)
                 self._log_retrieval(stage, "pairs", f"3d_to_{other}",
                                     retrieval_scores(data["point"], data[other], items, items, ks))
@@ -292,8 +317,9 @@ class PointBindAlignment(FrozenWeightsNotSaved, L.LightningModule):
                                     retrieval_scores(data[other], data["point"], items, items, ks))
             bank.reset()
         bank = self.banks[f"{stage}_zeroshot"]
-        if not bank.empty:
-            self._report_zeroshot(stage, bank.compute())
+        data = bank.compute()
+        if data is not None:
+            self._report_zeroshot(stage, data)
         bank.reset()
 
     def _report_zeroshot(self, stage: str, data: dict[str, torch.Tensor]) -> None:
@@ -332,3 +358,10 @@ class PointBindAlignment(FrozenWeightsNotSaved, L.LightningModule):
             keep = torch.linspace(0, len(points) - 1, min(count, len(points))).long().tolist()
             self.logger.experiment.add_embedding(points[keep].float().cpu(), metadata=[names[i] for i in keep],
                                                  global_step=self.global_step, tag=f"{stage}_point_embeddings")
+
+
+def _fewest_points(encoder: nn.Module) -> int:
+    """The fewest points per cloud the encoder accepts: its first grouping's FPS centres and neighbourhood size
+    (``PointBERTEncoder.num_groups`` / ``group_size``; ``I2PMAEEncoder``: the first stage's)."""
+    sizes = (encoder.num_groups, getattr(encoder, "group_size", None) or encoder.group_sizes)
+    return max(size if isinstance(size, int) else size[0] for size in sizes)
