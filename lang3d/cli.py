@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
-from lang3d.resume import CheckpointOnSigterm, RandomStateCheckpoint
+from lang3d.resume import CheckpointOnSigterm, RandomStateCheckpoint, TrainLoaderStateOnResume, newest_checkpoint
 from lang3d.user_errors import report
 
 
@@ -68,9 +68,16 @@ class Lang3DCLI(LightningCLI):
                                 " (pass --data.root /path/to/the/dataset)")
         super().instantiate_classes()
 
+    def before_fit(self) -> None:
+        """``--ckpt_path last`` resumes from the run's newest checkpoint (``lang3d.resume.newest_checkpoint``)."""
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") == "last":
+            config["ckpt_path"] = str(newest_checkpoint(self.trainer) or "last")
+
 
 def main(args: list[str] | None = None) -> None:
-    """Every run also gets the callbacks that make a killed run resume exactly (``lang3d.resume``).
+    """Every run also gets the callbacks and the checkpoint writer that make a killed run resume exactly
+    (``lang3d.resume``).
     ``lang3d convert KIND IN OUT`` converts a published checkpoint (``lang3d.convert``) instead."""
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["convert"]:
@@ -79,7 +86,9 @@ def main(args: list[str] | None = None) -> None:
     _import_project()
     Lang3DCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
               save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
-              trainer_defaults={"callbacks": [RandomStateCheckpoint(), CheckpointOnSigterm()]})
+              trainer_defaults={"callbacks": [RandomStateCheckpoint(), TrainLoaderStateOnResume(),
+                                              CheckpointOnSigterm()],
+                                "plugins": [{"class_path": "lang3d.resume.AtomicCheckpointIO"}]})
 
 
 def console_main() -> None:

@@ -1,18 +1,26 @@
-"""What a killed training run needs to resume exactly, as Lightning callbacks the CLI adds to every run.
+"""What a killed training run needs to resume exactly, as Lightning callbacks and a checkpoint writer the CLI adds to
+every run.
 
 * ``RandomStateCheckpoint``: the global random generators (torch, CUDA, NumPy, Python) go into every checkpoint
   and come back right before training resumes, so model-side randomness (dropout, condition dropout) continues
-  as in an uninterrupted run. Data-side randomness does not need it: samplers and datasets are seeded per
-  (seed, epoch, index) and training loaders resume mid-epoch (``lang3d.data.sampling``).
+  as in an uninterrupted run. Data-side randomness does not need it, and the data side draws nothing from those
+  generators: samplers and datasets are seeded per (seed, epoch, index), loaders seed their workers from their
+  own generator, and training loaders resume mid-epoch (``lang3d.data.sampling``).
+* ``TrainLoaderStateOnResume``: the training loaders get their saved state back even where Lightning skips that
+  (a loader built before the checkpoint's loop state is loaded, as ``trainer.estimated_stepping_batches`` does).
 * ``CheckpointOnSigterm``: on SIGTERM (a scheduler's pre-emption, ``kill``) Lightning finishes the running
   step and stops; this writes ``last.ckpt`` next to the run's other checkpoints at that clean point, so
-  ``--ckpt_path last`` continues from it. After SIGKILL the run resumes from its latest periodic checkpoint.
-
-Lightning writes checkpoints atomically (to memory, then one file transaction), so a kill never leaves a
-truncated ``.ckpt`` behind.
+  ``--ckpt_path last`` continues from it. After SIGKILL the run resumes from its newest checkpoint.
+* ``newest_checkpoint``: what ``--ckpt_path last`` resumes from (``lang3d.cli``): the newest checkpoint file in
+  the run's checkpoint folders. Lightning's own "last" is the newest ``last*.ckpt``, which is one checkpoint
+  behind when a SIGKILL lands between ModelCheckpoint's periodic file and its ``last.ckpt`` copy.
+* ``AtomicCheckpointIO``: a kill at any moment leaves each checkpoint file either as it was or whole, and no
+  partial file anywhere (Lightning's writer stages the file in ``$TMPDIR`` and, across file systems, copies it
+  into place, so a kill can leave a partial copy there, or a truncated ``.ckpt``).
 """
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -20,8 +28,13 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import CombinedLoader, rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from lang3d.atomic import atomic_write
 
 
 class RandomStateCheckpoint(L.Callback):
@@ -55,6 +68,34 @@ class RandomStateCheckpoint(L.Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class TrainLoaderStateOnResume(L.Callback):
+    """Hands the training loaders the state Lightning saved for them (``state_dict`` of a stateful loader) at
+    ``on_train_start`` of a resumed run. Lightning itself loads it only when the fit loop builds its loader after
+    the checkpoint's loop state is loaded; a LightningModule whose ``configure_optimizers`` reads
+    ``trainer.estimated_stepping_batches`` (a schedule over the run) has the loader built before, and the resumed
+    epoch would start from its first batch. Loading the same state twice is harmless: a loader of
+    ``lang3d.data.sampling`` begins its pass at its first batch, after this hook."""
+
+    def __init__(self):
+        self._to_load: list[dict] = []
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self._to_load = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get(
+            "combined_loader", [])
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        states, self._to_load = self._to_load, []
+        if not states:
+            return
+        loaders = [loader for loader in CombinedLoader(trainer.train_dataloader).flattened
+                   if all(callable(getattr(loader, name, None)) for name in ("state_dict", "load_state_dict"))]
+        if len(loaders) != len(states):
+            raise RuntimeError(f"the checkpoint holds the state of {len(states)} training loaders, the run has "
+                               f"{len(loaders)} stateful ones")
+        for loader, state in zip(loaders, states):
+            loader.load_state_dict(state)
+
+
 class CheckpointOnSigterm(L.Callback):
     """Writes ``<checkpoint dir>/last.ckpt`` when the run stops on SIGTERM (the checkpoint dir of the run's
     ModelCheckpoint, else ``<default_root_dir>/checkpoints``)."""
@@ -62,9 +103,65 @@ class CheckpointOnSigterm(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or not trainer.training:
             return
-        callback = trainer.checkpoint_callback
-        directory = Path(callback.dirpath) if callback is not None and callback.dirpath else \
-            Path(trainer.default_root_dir) / "checkpoints"
-        path = directory / "last.ckpt"
+        path = sigterm_checkpoint_dir(trainer) / "last.ckpt"
         trainer.save_checkpoint(path)
         rank_zero_info(f"SIGTERM: saved {path} at step {trainer.global_step}; resume with --ckpt_path last")
+
+
+def sigterm_checkpoint_dir(trainer: L.Trainer) -> Path:
+    """Where ``CheckpointOnSigterm`` writes: the run's ModelCheckpoint folder, else
+    ``<default_root_dir>/checkpoints``."""
+    callback = trainer.checkpoint_callback
+    return Path(callback.dirpath) if callback is not None and callback.dirpath else \
+        Path(trainer.default_root_dir) / "checkpoints"
+
+
+def newest_checkpoint(trainer: L.Trainer) -> Path | None:
+    """The newest ``.ckpt`` file in the run's checkpoint folders (each checkpoint callback's ``dirpath`` and
+    ``sigterm_checkpoint_dir``), by modification time, files written within the same clock tick by global step;
+    None when there is none."""
+    folders = {Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)}
+    folders.add(sigterm_checkpoint_dir(trainer))
+    files = [path for folder in folders if folder.is_dir() for path in folder.glob("*.ckpt") if path.is_file()]
+    if not files:
+        return None
+    times = {path: path.stat().st_mtime_ns for path in files}
+    newest = [path for path in files if times[path] == max(times.values())]
+    if len(newest) == 1:
+        return newest[0]
+    return max(newest, key=lambda path: torch.load(path, map_location="cpu", mmap=True,
+                                                   weights_only=False).get("global_step", -1))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer for local files, made whole-or-nothing: ``torch.save`` streams into an unnamed
+    file in the target's folder (Linux ``O_TMPFILE``), which gets a hidden name only once complete and synced and
+    is then moved over the target in one rename. Where unnamed files are not supported, a hidden temporary file
+    beside the target (``lang3d.atomic``) takes its place. Other file systems (s3://, ...) go through Lightning's
+    writer."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            descriptor = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o644)
+        except (AttributeError, OSError):  # not Linux, or a file system without unnamed files
+            with atomic_write(path) as file:
+                torch.save(checkpoint, file)
+            return
+        named = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with os.fdopen(descriptor, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+                named.unlink(missing_ok=True)
+                # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N names the unnamed file (os.link takes that path
+                # when given a directory descriptor)
+                os.link(f"/proc/self/fd/{file.fileno()}", named.name, dst_dir_fd=folder)
+            os.replace(named, path)
+        finally:
+            os.close(folder)

@@ -38,12 +38,14 @@ def _command(root: Path, run_dir: Path, resume: bool = False) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    """Single-threaded; the project and the tests' own callbacks importable."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
 
 
-def _run(command: list[str]) -> None:
+def _run(command: list[str]) -> subprocess.CompletedProcess:
     done = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
+    return done
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -97,3 +99,67 @@ def test_killed_run_resumes_to_the_same_weights(sig, uninterrupted, tiny_scannet
     assert resumed.keys() == uninterrupted.keys()
     for key, value in uninterrupted.items():
         torch.testing.assert_close(resumed[key], value, rtol=0, atol=0, msg=f"{key} differs after resume")
+
+
+# ---------------------------------------------------------------- which checkpoint "last" is; writing checkpoints
+def test_ckpt_path_last_is_the_newest_checkpoint_even_when_last_ckpt_is_older(tmp_path):
+    """A SIGKILL between ModelCheckpoint's periodic file and its last.ckpt copy leaves last.ckpt a step behind:
+    ``newest_checkpoint`` (what ``--ckpt_path last`` resumes from) still picks the newest file; files written
+    within one clock tick are ordered by their global step."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lang3d.resume import newest_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    trainer = L.Trainer(callbacks=[ModelCheckpoint(dirpath=folder)], logger=False, default_root_dir=tmp_path)
+    assert newest_checkpoint(trainer) is None
+    for name, step, mtime in [("epoch=0-step=1.ckpt", 1, 100), ("last.ckpt", 1, 101), ("epoch=0-step=2.ckpt", 2, 102)]:
+        torch.save({"global_step": step}, folder / name)
+        os.utime(folder / name, ns=(mtime * 10**9, mtime * 10**9))
+    assert newest_checkpoint(trainer) == folder / "epoch=0-step=2.ckpt"
+    torch.save({"global_step": 3}, folder / "last.ckpt")
+    os.utime(folder / "last.ckpt", ns=(102 * 10**9, 102 * 10**9))  # same tick as step 2's file
+    assert newest_checkpoint(trainer) == folder / "last.ckpt"
+
+
+def test_a_checkpoint_write_killed_at_any_moment_leaves_the_old_file_or_the_new_one_and_nothing_else(tmp_path):
+    """SIGKILL a process writing a 64 MB checkpoint with ``AtomicCheckpointIO`` at moments spread over the write:
+    the target holds the old or the new checkpoint, whole, and neither its folder nor ``$TMPDIR`` holds anything
+    else (Lightning's own writer stages the file in ``$TMPDIR``)."""
+    import tempfile
+
+    from lang3d.resume import AtomicCheckpointIO
+
+    folder, staging = tmp_path / "checkpoints", tmp_path / "tmpdir"
+    folder.mkdir()
+    staging.mkdir()
+    target = folder / "last.ckpt"
+    old, new = {"global_step": 1, "w": torch.zeros(4)}, {"global_step": 2, "w": torch.arange(16 * 2**20.)}
+
+    def write_in_child() -> int:
+        pid = os.fork()
+        if pid == 0:  # child: write, then leave without running the parent's cleanup
+            status = 1
+            try:
+                tempfile.tempdir = str(staging)
+                AtomicCheckpointIO().save_checkpoint(new, target)
+                status = 0
+            finally:
+                os._exit(status)
+        return pid
+
+    started = time.monotonic()
+    assert os.waitpid(write_in_child(), 0)[1] == 0
+    duration = time.monotonic() - started
+    assert torch.load(target)["global_step"] == 2
+    for fraction in (0.1, 0.3, 0.5, 0.7, 0.9):
+        AtomicCheckpointIO().save_checkpoint(old, target)
+        pid = write_in_child()
+        time.sleep(duration * fraction)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        assert [p.name for p in folder.iterdir()] == ["last.ckpt"], f"killed at {fraction:.0%} of the write"
+        assert list(staging.iterdir()) == [], f"killed at {fraction:.0%} of the write"
+        assert torch.load(target)["global_step"] in (1, 2)
