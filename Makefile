@@ -1,6 +1,7 @@
 # lang3d: language and images for point-cloud models.
 #   make install               virtual environment + MinkowskiEngine (cached wheel after the first build)
-#   make test                  the test suite (CPU, tiny sizes)
+#   make test                  the test suite (CPU; what CI runs; tests marked slow left out)
+#   make test-full             the whole suite, slow tests included (every config at its shipped batch size)
 #   make pretrain-text4point   Text4Point pre-training; SCANNET=/path/to/scannet for real data,
 #                              otherwise a demo on built-in synthetic ScanNet scenes
 #   make finetune-s3dis        Text4Point fine-tuning on S3DIS; S3DIS=/path/to/s3dis CKPT=/path/to/pretrain.ckpt,
@@ -39,7 +40,7 @@ SUNRGBD ?=
 SYNTHETIC_SUNRGBD ?= data/synthetic/sunrgbd
 ARGS ?=
 
-.PHONY: install test pretrain-text4point finetune-s3dis finetune-s3dis-ins finetune-scannet-det finetune-sunrgbd-det sepe pointbind demo benchmark bench synthetic-scannet synthetic-s3dis clean-venv gpu-check check-cuda-build
+.PHONY: install test test-full pretrain-text4point finetune-s3dis finetune-s3dis-ins finetune-scannet-det finetune-sunrgbd-det sepe pointbind demo benchmark bench synthetic-scannet synthetic-s3dis clean-venv gpu-check check-cuda-build
 
 install: $(STAMP)
 
@@ -48,6 +49,9 @@ $(STAMP): requirements.txt requirements-dev.txt setup.cfg scripts/install_env.sh
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+test-full: $(STAMP)
+	$(PY) -m pytest -m "slow or not slow"
 
 $(SYNTHETIC_SCANNET)/scannetv2_train.txt: | $(STAMP)
 	$(PY) -m datamodules.synthetic.scannet --out $(SYNTHETIC_SCANNET) --scenes 3 --frames 40

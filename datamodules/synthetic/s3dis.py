@@ -106,9 +106,15 @@ def _sample(rng: np.random.Generator, rects: list, holes: list, count: int) -> n
     return points[keep] + rng.normal(0, 0.003, size=(int(keep.sum()), 3))
 
 
-def make_room(rng: np.random.Generator, num_points: int, stairs: bool = False) -> list[tuple[str, np.ndarray]]:
-    """Annotation files of one room: [(class, lines [n,6] float64 x y z r g b)], in generation order."""
+def make_room(rng: np.random.Generator, num_points: int, stairs: bool = False,
+              size: tuple[float, float] | None = None) -> list[tuple[str, np.ndarray]]:
+    """Annotation files of one room: [(class, lines [n,6] float64 x y z r g b)], in generation order. ``size``:
+    the floor's (Lx, Ly) in metres (at least 2.5 m each); None: both uniform in 4-7 m."""
     lx, ly, h = rng.uniform(4.0, 7.0), rng.uniform(4.0, 7.0), rng.uniform(2.7, 3.2)
+    if size is not None:
+        if min(size) < 2.5:
+            raise ValueError(f"room size {tuple(size)} m: each side must be at least 2.5 m (the furniture's room)")
+        lx, ly = (float(v) for v in size)
     objs = _objects(rng, lx, ly, h, stairs)
     areas = np.array([sum(_area(r) for r in rects) for _, rects, _ in objs])
     density = num_points / areas.sum()
@@ -126,12 +132,19 @@ def _format(lines: np.ndarray) -> bytes:
 
 
 def generate_s3dis(root: str | Path, areas=(1, 5), rooms_per_area: int = 2, points_per_room: int = 20000,
-                   seed: int = 0, malformed_line: bool = True) -> dict:
+                   seed: int = 0, malformed_line: bool = True,
+                   room_sizes: list[tuple[float, float]] | None = None) -> dict:
     """Write ``root/Stanford3dDataset_v1.2_Aligned_Version/Area_N/<room>/{<room>.txt, Annotations/<cls>_<k>.txt}``.
+
+    ``room_sizes``: the floor (Lx, Ly) in metres of each room of an area, in order (e.g. a 40 x 2.5 m hallway,
+    as large as real S3DIS rooms get); None: random 4-7 m sides. ``points_per_room`` is spread over the room's
+    surfaces, so a larger room needs more points for the same density.
 
     Returns {"rooms": ["Area_1/office_1", ...], "malformed": None or (file path, 1-based line number,
     (r, g, b) the line's true colour)}.
     """
+    if room_sizes is not None and len(room_sizes) != rooms_per_area:
+        raise ValueError(f"room_sizes gives {len(room_sizes)} sizes for {rooms_per_area} rooms per area")
     rng = np.random.default_rng(seed)
     base = Path(root) / ALIGNED_DIR
     rooms, malformed = [], None
@@ -146,7 +159,8 @@ def generate_s3dis(root: str | Path, areas=(1, 5), rooms_per_area: int = 2, poin
             per_class: dict[str, int] = {}
             chunks = {}
             last_room = a_i == len(areas) - 1 and r == rooms_per_area - 1
-            for cls, lines in make_room(rng, points_per_room, stairs=a_i == 0 and r == 0):
+            size = None if room_sizes is None else room_sizes[r]
+            for cls, lines in make_room(rng, points_per_room, stairs=a_i == 0 and r == 0, size=size):
                 per_class[cls] = per_class.get(cls, 0) + 1
                 file = room_dir / "Annotations" / f"{cls}_{per_class[cls]}.txt"
                 text = _format(lines)
@@ -177,9 +191,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--points-per-room", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-malformed-line", action="store_true", help="leave out the NUL-glued line")
+    parser.add_argument("--room-size", type=float, nargs=2, action="append", metavar=("LX", "LY"),
+                        help="floor size in metres of the next room of each area (once per room; default random)")
     args = parser.parse_args(argv)
     info = generate_s3dis(args.out, args.areas, args.rooms_per_area, args.points_per_room, args.seed,
-                          not args.no_malformed_line)
+                          not args.no_malformed_line, args.room_size)
     print(f"wrote {len(info['rooms'])} rooms under {Path(args.out) / ALIGNED_DIR}")
 
 

@@ -70,9 +70,10 @@ def _tint(rng: np.random.Generator, label: int) -> np.ndarray:
     return np.clip(np.array(NYU40_PALETTE[label], dtype=np.float64) * rng.uniform(0.85, 1.15), 0, 255)
 
 
-def make_room(rng: np.random.Generator) -> Room:
-    """Random room: 4-6 m x 4-6 m x 2.5-3 m with 3-6 non-overlapping furniture boxes clear of the camera path."""
-    lx, ly, h = rng.uniform(4.0, 6.0), rng.uniform(4.0, 6.0), rng.uniform(2.5, 3.0)
+def make_room(rng: np.random.Generator, room_size: tuple[float, float] = (4.0, 6.0)) -> Room:
+    """Random room: Lx x Ly x 2.5-3 m, Lx and Ly uniform in ``room_size`` (metres; default 4-6 m), with 3-6
+    non-overlapping furniture boxes clear of the camera path."""
+    lx, ly, h = rng.uniform(*room_size), rng.uniform(*room_size), rng.uniform(2.5, 3.0)
     t = WALL_THICKNESS
     boxes = [Box(np.array([-t, -t, -t]), np.array([lx + t, ly + t, 0.0]), FLOOR, _tint(rng, FLOOR)),
              Box(np.array([-t, -t, -t]), np.array([0.0, ly + t, h]), WALL, _tint(rng, WALL)),
@@ -331,8 +332,10 @@ def _savetxt(path: str, mat: np.ndarray) -> None:
 def generate_scannet(root: str | os.PathLike, num_scenes: int = 2, frames_per_scene: int = 30,
                      color_size: tuple[int, int] = (320, 240), depth_size: tuple[int, int] = (160, 120),
                      seed: int = 0, write_sens: bool = True, write_exported: bool = True,
-                     val_fraction: float = 0.5, mesh_spacing: float = 0.05, progress: bool = False) -> list[str]:
+                     val_fraction: float = 0.5, mesh_spacing: float = 0.05, progress: bool = False,
+                     room_size: tuple[float, float] = (4.0, 6.0)) -> list[str]:
     """Write `root/scans/scene%04d_00/` scans and `root/scannetv2_{train,val}.txt`; returns the scene ids.
+    `room_size`: (min, max) of the rooms' side lengths in metres (real ScanNet rooms reach ~10 m).
 
     Sizes are (width, height) pixels. The last round(num_scenes * val_fraction) scenes form the val split
     (at least one of each split when num_scenes >= 2 and 0 < val_fraction < 1). Deterministic for a seed.
@@ -348,7 +351,7 @@ def generate_scannet(root: str | os.PathLike, num_scenes: int = 2, frames_per_sc
     bar = tqdm(total=num_scenes * frames_per_scene, unit="frame", disable=not progress)
     for s, name in enumerate(names):
         rng = scene_rng(seed, s)
-        room = make_room(rng)
+        room = make_room(rng, room_size)
         poses = camera_path(room, frames_per_scene, rng)
         out = os.path.join(root, "scans", name)
         os.makedirs(out, exist_ok=True)
@@ -401,9 +404,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mesh-spacing", type=float, default=0.05, help="mesh vertex spacing in metres")
     p.add_argument("--no-sens", action="store_true", help="do not write <scene>.sens")
     p.add_argument("--no-exported", action="store_true", help="do not write color/ depth/ pose/ intrinsic/")
+    p.add_argument("--room-size", type=float, nargs=2, default=(4.0, 6.0), metavar=("MIN", "MAX"),
+                   help="range of the rooms' side lengths in metres")
     a = p.parse_args(argv)
     names = generate_scannet(a.out, a.scenes, a.frames, tuple(a.color_size), tuple(a.depth_size), a.seed,
-                             not a.no_sens, not a.no_exported, a.val_fraction, a.mesh_spacing, progress=True)
+                             not a.no_sens, not a.no_exported, a.val_fraction, a.mesh_spacing, progress=True,
+                             room_size=tuple(a.room_size))
     print(f"wrote {len(names)} scenes to {os.path.join(a.out, 'scans')}")
 
 

@@ -60,10 +60,11 @@ def _rect(rng: np.random.Generator, origin, u, v, count: int) -> np.ndarray:
     return np.asarray(origin) + ab[:, :1] * np.asarray(u, float) + ab[:, 1:] * np.asarray(v, float)
 
 
-def make_scan(rng: np.random.Generator, num_points: int) -> dict[str, np.ndarray]:
+def make_scan(rng: np.random.Generator, num_points: int,
+              room_size: tuple[float, float] = (4.0, 6.0)) -> dict[str, np.ndarray]:
     """One scan in votenet's format: vert [N,6] float32, sem_label [N] uint32, ins_label [N] uint32, bbox [K,7]
-    float64 (N = ``num_points``)."""
-    lx, ly = rng.uniform(4.0, 6.0, size=2)
+    float64 (N = ``num_points``); the room's sides are uniform in ``room_size`` (metres)."""
+    lx, ly = rng.uniform(*room_size, size=2)
     kinds = list(rng.choice(sorted(OBJECTS), size=rng.integers(3, 6), replace=False)) + [CLUTTER[0]]
     specs = [(OBJECTS[k] if k in OBJECTS else CLUTTER[1:]) for k in kinds]
     turns = rng.integers(0, 2, size=len(kinds))
@@ -108,16 +109,18 @@ def _boxes(vert: np.ndarray, sem: np.ndarray, ins: np.ndarray) -> np.ndarray:
 
 
 def generate_scannet_detection(root: str | Path, num_scenes: int = 6, points_per_scene: int = 20000, seed: int = 0,
-                               val_fraction: float = 1 / 3) -> dict[str, list[str]]:
+                               val_fraction: float = 1 / 3,
+                               room_size: tuple[float, float] = (4.0, 6.0)) -> dict[str, list[str]]:
     """Write ``root/scannet_train_detection_data/<scan>_{vert,sem_label,ins_label,bbox}.npy`` and
-    ``root/meta_data/scannetv2_{train,val}.txt``; returns {"train": scans, "val": scans}."""
+    ``root/meta_data/scannetv2_{train,val}.txt``; returns {"train": scans, "val": scans}. ``room_size``: (min,
+    max) of the rooms' side lengths in metres (real ScanNet rooms reach ~10 m)."""
     root = Path(root)
     data, meta = root / "scannet_train_detection_data", root / "meta_data"
     data.mkdir(parents=True, exist_ok=True)
     meta.mkdir(parents=True, exist_ok=True)
     names = [f"scene{i:04d}_00" for i in range(num_scenes)]
     for i, name in enumerate(names):
-        scan = make_scan(np.random.default_rng([seed, i]), points_per_scene)
+        scan = make_scan(np.random.default_rng([seed, i]), points_per_scene, room_size)
         for key, array in scan.items():
             np.save(data / f"{name}_{key}.npy", array)
     n_val = min(max(int(round(num_scenes * val_fraction)), 1), num_scenes - 1) if num_scenes > 1 else 0
@@ -134,8 +137,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--points", type=int, default=20000, help="points per scan")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val-fraction", type=float, default=1 / 3)
+    parser.add_argument("--room-size", type=float, nargs=2, default=(4.0, 6.0), metavar=("MIN", "MAX"),
+                        help="range of the rooms' side lengths in metres")
     args = parser.parse_args(argv)
-    splits = generate_scannet_detection(args.out, args.scenes, args.points, args.seed, args.val_fraction)
+    splits = generate_scannet_detection(args.out, args.scenes, args.points, args.seed, args.val_fraction,
+                                        tuple(args.room_size))
     print(f"wrote {len(splits['train'])} train and {len(splits['val'])} val scans under {args.out}")
 
 
