@@ -2,7 +2,7 @@
 
 Each query is a point cloud file (``.pt`` / ``.ply`` as Cap3D writes them) plus a text or an image; its 3D
 embedding is composed with the other embedding (``pointbind.arithmetic.compose``) and the ``k`` nearest items of
-the gallery (texts and/or images) are written, per query, to the JSON file ``output``.
+the gallery (texts and/or images) are ranked, per query; ``pointbind.writers.ArithmeticRankingWriter`` writes them.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class ArithmeticQueriesDataModule(L.LightningDataModule):
 
     def __init__(self, queries: list[dict], gallery_texts: list[str] | None = None,
                  gallery_images: list[str] | None = None, num_points: int = 8192, k: int = 5,
-                 weights: tuple[float, float] = (1.0, 1.0), output: str = "runs/pointbind/arithmetic.json"):
+                 weights: tuple[float, float] = (1.0, 1.0)):
         super().__init__()
         self.save_hyperparameters()
         for i, query in enumerate(queries):
@@ -59,7 +59,7 @@ class ArithmeticQueriesDataModule(L.LightningDataModule):
         self.gallery_images = list(gallery_images or [])
         if not self.gallery_texts and not self.gallery_images:
             raise ArithmeticInputError("the gallery is empty: give gallery_texts and/or gallery_images")
-        self.k, self.weights, self.output = k, tuple(weights), Path(output)
+        self.k, self.weights = k, tuple(weights)
 
     def gallery_items(self) -> list[str]:
         """Names of the gallery items in embedding order: texts, then image paths."""

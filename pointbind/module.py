@@ -2,7 +2,6 @@
 (point cloud, caption, rendered view) triplets; zero-shot classification and retrieval in that space."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
@@ -14,7 +13,6 @@ from torch import nn
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from datamodules.modelnet40.prompts import prompt_names, templates
-from lang3d.atomic import atomic_write
 from lang3d.checkpoint import FrozenWeightsNotSaved
 from lang3d.clip import CLIPTextEncoder, load_clip
 from lang3d.empty_steps import EmptyStepsMixin
@@ -94,7 +92,6 @@ class PointBindAlignment(EmptyStepsMixin, FrozenWeightsNotSaved, L.LightningModu
         self._caches: dict[str, EmbeddingCache] = {}
         self._classes: tuple[list[str], torch.Tensor] | None = None
         self._gallery: torch.Tensor | None = None
-        self._arithmetic: list[dict] = []
 
     def load_published(self) -> None:
         """Load ``pretrained`` (encoder, projection, logit scale) or ``encoder_init`` (encoder), once. A run does it
@@ -184,7 +181,7 @@ class PointBindAlignment(EmptyStepsMixin, FrozenWeightsNotSaved, L.LightningModu
     # ---------------------------------------------------------------- embedding arithmetic (predict)
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """One query of ``ArithmeticQueriesDataModule``: compose its 3D embedding with its text or image embedding
-        and rank the gallery; the results are written to the datamodule's ``output`` at the end of predict."""
+        and rank the gallery; returns the query with its ``nearest`` items (``pointbind.writers`` writes them)."""
         request = self.trainer.datamodule
         if self._gallery is None:
             parts = []
@@ -198,19 +195,11 @@ class PointBindAlignment(EmptyStepsMixin, FrozenWeightsNotSaved, L.LightningModu
         scores, index = composed_retrieval(self(batch["points"].to(self.device)), other, self._gallery, request.k,
                                            request.weights)
         items = request.gallery_items()
-        result = {**query, "nearest": [{"item": items[i], "score": round(float(s), 6)}
-                                       for s, i in zip(scores[0].tolist(), index[0].tolist())]}
-        self._arithmetic.append(result)
-        return result
+        return {**query, "nearest": [{"item": items[i], "score": round(float(s), 6)}
+                                     for s, i in zip(scores[0].tolist(), index[0].tolist())]}
 
     def on_predict_epoch_start(self) -> None:
-        self._gallery, self._arithmetic = None, []
-
-    def on_predict_epoch_end(self) -> None:
-        output = self.trainer.datamodule.output
-        with atomic_write(output, "w") as f:
-            json.dump(self._arithmetic, f, indent=2)
-        rank_zero_info(f"embedding arithmetic: {len(self._arithmetic)} queries -> {output}")
+        self._gallery = None
 
     def _alignment(self, batch: dict) -> dict[str, torch.Tensor]:
         if "caption" not in batch:

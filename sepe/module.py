@@ -420,17 +420,13 @@ class SEPEFineTuning(FrozenWeightsNotSaved, L.LightningModule):
                 metric.reset()
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        """Batch of ``SEPEPromptsDataModule``, which also says how to sample and where to write (so that a
-        checkpoint's hyper-parameters cannot override the request): writes ``<output_dir>/<name>.ply|.npz`` per
-        prompt; returns {"name", "prompt", "clouds" [B,6,P], "files"}."""
-        request = self.trainer.datamodule
-        clouds = self.generate(batch["prompt"], batch["image"], request.steps, None, request.guidance_scale,
-                               request.upsampler_guidance_scale)
-        out_dir = Path(request.output_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        files = [write_cloud(out_dir / name, cloud, prompt, request.formats)
-                 for name, prompt, cloud in zip(batch["name"], batch["prompt"], clouds.cpu().numpy())]
-        return {"name": batch["name"], "prompt": batch["prompt"], "clouds": clouds, "files": files}
+        """Batch of ``SEPEPromptsDataModule``, whose ``sampling`` says how to sample (so that a checkpoint's
+        hyper-parameters cannot override the request); returns {"name", "prompt", "clouds" [B,6,P]}, which
+        ``sepe.writers.GeneratedCloudWriter`` writes."""
+        request = batch["sampling"]
+        clouds = self.generate(batch["prompt"], batch["image"], request["steps"], None, request["guidance_scale"],
+                               request["upsampler_guidance_scale"])
+        return {"name": batch["name"], "prompt": batch["prompt"], "clouds": clouds}
 
     # ---------------------------------------------------------------- optimisation
     def parameter_groups(self) -> list[dict]:

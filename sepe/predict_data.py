@@ -2,11 +2,14 @@
 
 Prompts come from a list or a UTF-8 text file (one prompt per line; blank lines and lines starting with '#' are
 skipped); ``images`` gives one image path per prompt, or a single image shared by all prompts. Batches:
-``prompt`` [B] strings, ``image`` [B] uint8 [H,W,3] arrays, ``name`` [B] output stems ``NNNN_<prompt words>``.
+``prompt`` [B] strings, ``image`` [B] uint8 [H,W,3] arrays, ``name`` [B] output stems ``NNNN_<prompt words>``, and
+``sampling``, the generation request ({"steps", "guidance_scale", "upsampler_guidance_scale"}). The clouds are
+written by ``sepe.writers.GeneratedCloudWriter``.
 """
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -64,23 +67,22 @@ class _Prompts(Dataset):
                 "name": f"{i:04d}_{slug(self.prompts[i])}"}
 
 
-def _collate(samples: list[dict]) -> dict:
-    return {key: [s[key] for s in samples] for key in ("prompt", "image", "name")}
+def _collate(samples: list[dict], sampling: dict) -> dict:
+    return {**{key: [s[key] for s in samples] for key in ("prompt", "image", "name")}, "sampling": dict(sampling)}
 
 
 class SEPEPromptsDataModule(L.LightningDataModule):
     """Predict-only data: ``prompts`` (list) or ``prompts_file``, and ``images`` (one path per prompt, or one),
-    with the generation request: Karras ``steps``, guidance scales of the base and upsampler stages (None: the
-    checkpoint's), and where (``output_dir``) and as what (``formats``: ply, npz) the clouds are written."""
+    with the generation request every batch carries (``sampling``): Karras ``steps``, guidance scales of the base
+    and upsampler stages (None: the checkpoint's)."""
 
     def __init__(self, images: list[str], prompts: list[str] | None = None, prompts_file: str | None = None,
                  batch_size: int = 1, num_workers: int = 0, steps: int = 64, guidance_scale: float | None = None,
-                 upsampler_guidance_scale: float | None = None, output_dir: str = "runs/sepe/samples",
-                 formats: tuple[str, ...] = ("ply", "npz")):
+                 upsampler_guidance_scale: float | None = None):
         super().__init__()
         self.save_hyperparameters()
-        self.steps, self.guidance_scale, self.upsampler_guidance_scale = steps, guidance_scale, upsampler_guidance_scale
-        self.output_dir, self.formats = output_dir, tuple(formats)
+        self.sampling = {"steps": steps, "guidance_scale": guidance_scale,
+                         "upsampler_guidance_scale": upsampler_guidance_scale}
         if (prompts is None) == (prompts_file is None):
             raise PromptFileError("give exactly one of prompts and prompts_file")
         self.prompts = list(prompts) if prompts is not None else read_prompts(prompts_file)
@@ -100,4 +102,4 @@ class SEPEPromptsDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(_Prompts(self.prompts, self.images), batch_size=self.hparams.batch_size, shuffle=False,
-                          num_workers=self.hparams.num_workers, collate_fn=_collate)
+                          num_workers=self.hparams.num_workers, collate_fn=partial(_collate, sampling=self.sampling))

@@ -72,8 +72,12 @@ class RankReport(L.Callback):
         self._write(trainer, "fit", {"sha256": self.hashes, "norms": norms, "world_size": trainer.world_size})
 
 
-def callbacks(run: Path, checkpoint: bool = True) -> list[str]:
+def callbacks(run: Path, checkpoint: bool = True, writer: str | None = None) -> list[str]:
+    """``--trainer.callbacks``: ``RankReport``, ``ModelCheckpoint`` into ``<run>/ckpt`` when ``checkpoint``, and the
+    test-output ``writer`` (a class path, e.g. ``text4point.writers.SegmentationPredictionWriter``) when given."""
     items = [{"class_path": "test_ddp_pipelines.RankReport", "init_args": {"out": str(run / "report")}}]
+    if writer is not None:
+        items.append({"class_path": writer})
     if checkpoint:
         items.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                       "init_args": {"dirpath": str(run / "ckpt"), "save_last": True, "save_top_k": 0}})
@@ -160,19 +164,19 @@ def fit_ddp(config: list[str], run: Path, *extra: str) -> None:
              *callbacks(run), *extra])
 
 
-def evaluate_alone(command: str, config: list[str], run: Path, ckpt: Path) -> None:
+def evaluate_alone(command: str, config: list[str], run: Path, ckpt: Path, writer: str | None = None) -> None:
     """``validate`` / ``test`` of the checkpoint in this process, one CPU process, no logger."""
     cli_main([command, *config, *ONE, *QUIET, "--trainer.logger", "false", "--trainer.default_root_dir", str(run),
-              *callbacks(run, checkpoint=False), "--ckpt_path", str(ckpt)])
+              *callbacks(run, checkpoint=False, writer=writer), "--ckpt_path", str(ckpt)])
 
 
-def run_test_twice(config: list[str], ddp: Path, single: Path) -> Path:
+def run_test_twice(config: list[str], ddp: Path, single: Path, writer: str) -> Path:
     """``test`` of ``<ddp>/ckpt/last.ckpt`` under DDP (reports beside the fit's, files under ``<ddp>/test``, which
-    is returned) and in this process (reports and files under ``single``)."""
+    is returned) and in this process (reports and files under ``single``); ``writer`` writes the test outputs."""
     ckpt, tested = ddp / "ckpt" / "last.ckpt", ddp / "test"
     run_ddp(["test", *config, "--trainer.default_root_dir", str(tested), "--trainer.logger.init_args.save_dir",
-             str(tested), *callbacks(ddp, checkpoint=False), "--ckpt_path", str(ckpt)])
-    evaluate_alone("test", config, single, ckpt)
+             str(tested), *callbacks(ddp, checkpoint=False, writer=writer), "--ckpt_path", str(ckpt)])
+    evaluate_alone("test", config, single, ckpt, writer)
     return tested
 
 
@@ -212,7 +216,7 @@ def test_s3dis_finetuning(tiny_s3dis, tmp_path):
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     fit_ddp(config, ddp, "--trainer.check_val_every_n_epoch", "1")
     check_training(ddp, {"SparseSyncBatchNorm", "SyncBatchNorm"})
-    tested = run_test_twice(config, ddp, single)
+    tested = run_test_twice(config, ddp, single, "text4point.writers.SegmentationPredictionWriter")
     metrics = check_metrics(ddp, single, "test", "test")
     assert {"test/miou", "test/macc", "test/oa"} <= metrics.keys()
     assert check_same_files(single, tested, "predictions/*/*.labels.npy") == 3   # rank 0: 2 rooms, rank 1: one
@@ -227,7 +231,7 @@ def test_text4point_detection(scannet_det, tmp_path):
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     fit_ddp(config, ddp)
     check_training(ddp, {"SparseSyncBatchNorm", "SyncBatchNorm"})   # SR-UNet, TQM; VoteNet head
-    tested = run_test_twice(config, ddp, single)
+    tested = run_test_twice(config, ddp, single, "text4point.writers.DetectionPredictionWriter")
     metrics = check_metrics(ddp, single, "test", "test")
     assert {"test/map@0.25", "test/map@0.5", "test/mean_recall@0.25"} <= metrics.keys()
     assert check_same_files(single, tested, "predictions/*.npy") == 3   # rank 0: 2 scans, rank 1: one
@@ -246,7 +250,7 @@ def test_s3dis_instance_segmentation(tiny_s3dis, tmp_path):
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     stepped = {trainable[i] for i in ckpt["optimizer_states"][0]["state"]}
     assert stepped == {name for name in trainable if not name.startswith("score_net.")}
-    tested = run_test_twice(config, ddp, single)
+    tested = run_test_twice(config, ddp, single, "text4point.writers.InstancePredictionWriter")
     metrics = check_metrics(ddp, single, "test", "test")
     assert {"test/map", "test/map@0.5", "test/mrec@0.5"} <= metrics.keys()
     assert check_same_files(single, tested, "instances/Area_5/*.txt") == 3   # rank 0: 2 rooms, rank 1: one

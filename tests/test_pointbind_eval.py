@@ -136,6 +136,7 @@ def test_arithmetic_predict_writes_the_nearest_gallery_items(tmp_path):
     from datamodules.synthetic.cap3d import generate_cap3d
     from pointbind.arithmetic_data import ArithmeticInputError, ArithmeticQueriesDataModule
     from pointbind.module import PointBindAlignment
+    from pointbind.writers import ArithmeticRankingWriter
 
     generate_cap3d(tmp_path / "cap3d", num_objects=2, views=1, image_size=32, points=512)
     cloud = next((tmp_path / "cap3d").rglob("*.pt"))
@@ -145,11 +146,12 @@ def test_arithmetic_predict_writes_the_nearest_gallery_items(tmp_path):
                                encoder_options={"num_groups": 8, "group_size": 8, "tokenizer_dim": 16,
                                                 "tokenizer_hidden": [16, 16, 16], "width": 16, "depth": 1,
                                                 "heads": 2, "pos_hidden": 8})
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                        callbacks=[ArithmeticRankingWriter(output=str(tmp_path / "out.json"))])
     # weights (0, 1): the composed query is the text embedding itself, so its own caption ranks first
     dm = ArithmeticQueriesDataModule([{"points": str(cloud), "text": "a blue sphere"}, {"points": str(cloud),
                                       "image": str(image)}], gallery_texts=gallery, gallery_images=[str(image)],
-                                     num_points=64, k=2, weights=(0.0, 1.0), output=str(tmp_path / "out.json"))
+                                     num_points=64, k=2, weights=(0.0, 1.0))
     trainer.predict(model, datamodule=dm)
     results = json.loads((tmp_path / "out.json").read_text())
     assert [r["nearest"][0]["item"] for r in results] == ["a blue sphere", str(image)]

@@ -15,6 +15,7 @@ from lang3d.lora import LoRALinear
 from lang3d.point_e import build_model
 from sepe.module import SEPEFineTuning
 from sepe.predict_data import SEPEPromptsDataModule
+from sepe.writers import GeneratedCloudWriter
 
 TINY = dict(width=32, layers=3, heads=2)
 
@@ -121,9 +122,9 @@ def test_predict_writes_ply_and_npz(tmp_path, cap3d_root):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red chair\n\n# comment\na small blue table\n")
     module = make_module(fusion="cross_attention")
-    dm = SEPEPromptsDataModule(images=[str(image)], prompts_file=str(prompts), batch_size=2, steps=2,
-                               output_dir=str(tmp_path / "out"))
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    dm = SEPEPromptsDataModule(images=[str(image)], prompts_file=str(prompts), batch_size=2, steps=2)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                        callbacks=[GeneratedCloudWriter(output_dir=str(tmp_path / "out"))])
     out = trainer.predict(module, datamodule=dm)
     assert out[0]["clouds"].shape == (2, 6, 80)
     ply = PlyData.read(str(tmp_path / "out" / "0000_a_red_chair.ply"))["vertex"]

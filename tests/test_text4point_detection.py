@@ -16,6 +16,7 @@ from lang3d.cli import main as cli_main
 from lang3d.tensorboard import bev_boxes_image
 from text4point import Text4PointDetection, Text4PointPretraining
 from text4point.detection import PREDICTION_DTYPE
+from text4point.writers import DetectionPredictionWriter
 
 TINY = dict(clip_model="lang3d-tiny-RN", clip_pretrained=None)
 POINTS, VOXEL = 1500, 0.2   # ~850 voxels per scene: a few hundred milliseconds per step on one CPU core
@@ -45,7 +46,8 @@ def test_votenet_learns_axis_aligned_boxes_and_test_writes_predictions(scannet_r
     steps = 200
     logger = L.pytorch.loggers.TensorBoardLogger(tmp_path, name="tb")
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, check_val_every_n_epoch=steps, logger=logger,
-                        log_every_n_steps=10, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[DetectionPredictionWriter()], log_every_n_steps=10, enable_progress_bar=False,
+                        enable_model_summary=False,
                         num_sanity_val_steps=0, enable_checkpointing=False, default_root_dir=tmp_path)
     trainer.fit(model, dm)
     torch.testing.assert_close(model.mean_size, torch.as_tensor(dm.mean_size))   # adopted from the datamodule

@@ -16,6 +16,7 @@ from lang3d.checkpoint import CheckpointMismatchError
 from lang3d.cli import main as cli_main
 from lang3d.prompt_learner import FixedPrompts, PromptLearner, RandomClassEmbeddings
 from text4point import Text4PointPretraining, Text4PointSegmentation
+from text4point.writers import SegmentationPredictionWriter
 
 CLASSES = list(S3DISDataModule.class_names)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "text4point"
@@ -89,7 +90,8 @@ def test_finetuning_learns_far_above_chance_and_test_writes_predictions(tiny_s3d
     model = Text4PointSegmentation(CLASSES, **{**TINY, "lr": 0.1}, aux_loss_weight=0.5, bn_momentum=0.3)
     logger = L.pytorch.loggers.TensorBoardLogger(tmp_path, name="tb")
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=40, check_val_every_n_epoch=40, logger=logger, log_every_n_steps=5,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        callbacks=[SegmentationPredictionWriter()], enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0,
                         default_root_dir=tmp_path)
     trainer.fit(model, dm)
     miou = float(trainer.callback_metrics["val/miou"])

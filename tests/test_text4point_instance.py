@@ -17,6 +17,7 @@ from lang3d.cli import main as cli_main
 from text4point import Text4PointInstanceSegmentation, Text4PointPretraining
 from text4point.instance_clustering import best_iou, cluster_points
 from text4point.instance_heads import ScoreNet, batch_instance_ids, offset_losses, score_targets
+from text4point.writers import InstancePredictionWriter
 
 CLASSES = list(S3DISDataModule.class_names)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "text4point"
@@ -127,7 +128,8 @@ def test_instance_segmentation_learns_a_room_and_test_writes_scannet_style_files
     model = Text4PointInstanceSegmentation(CLASSES, **TINY, score_start_step=20)
     logger = L.pytorch.loggers.TensorBoardLogger(tmp_path, name="tb")
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=40, check_val_every_n_epoch=40, logger=logger,
-                        log_every_n_steps=5, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[InstancePredictionWriter()], log_every_n_steps=5, enable_progress_bar=False,
+                        enable_model_summary=False,
                         num_sanity_val_steps=0, default_root_dir=tmp_path)
     trainer.fit(model, dm)
     scores = {k: float(v) for k, v in trainer.callback_metrics.items()}

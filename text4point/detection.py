@@ -6,16 +6,13 @@ boxes, 12 heading bins)."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 
-from lang3d.atomic import atomic_write
 from lang3d.boxes import nms_3d
 from lang3d.detection_metrics import DetectionMAP
-from lang3d.outputs import run_output_dir
 from lang3d.schedules import warmup_cosine
 from lang3d.sync_batchnorm import sync_batchnorm_under_ddp
 from lang3d.tensorboard import bev_boxes_image, log_image
@@ -25,8 +22,8 @@ from text4point.votenet_head import VoteNetHead, VoteNetOutput
 from text4point.votenet_loss import build_targets, detection_losses
 
 PREDICTION_DTYPE = np.dtype([("box", np.float32, (7,)), ("score", np.float32), ("label", np.int64)])
-"""Rows of the per-scene prediction files written by ``test``: box (cx, cy, cz, dx, dy, dz, heading) metres /
-radians, score in [0, 1], class index."""
+"""Rows of the per-scene prediction files written by ``test`` (``text4point.writers``): box (cx, cy, cz, dx, dy,
+dz, heading) metres / radians, score in [0, 1], class index."""
 GT_COLOUR, PRED_COLOUR = (0, 150, 0), (220, 30, 30)
 
 
@@ -91,7 +88,6 @@ class Text4PointDetection(L.LightningModule):
         self.val_map = DetectionMAP(k, (0.25, 0.5), oriented, self.class_names)
         self.test_map = DetectionMAP(k, (0.25, 0.5), oriented, self.class_names)
         self._shown_scene: dict | None = None
-        self._predictions_dir: Path | None = None
 
     # ---------------------------------------------------------------- forward and losses
     def coder(self) -> BoxCoder:
@@ -198,12 +194,11 @@ class Text4PointDetection(L.LightningModule):
             log_image(self.logger, "val_scene/bev_gt_green_pred_red", image, self.global_step)
         self._shown_scene = None
 
-    def on_test_epoch_start(self) -> None:
-        self._predictions_dir = run_output_dir(self.trainer, "predictions")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
+    def test_step(self, batch: dict, batch_idx: int) -> dict[str, np.ndarray]:
+        """Updates the test mAP; returns {scene name: its detections as ``PREDICTION_DTYPE`` rows} (written by
+        ``text4point.writers.DetectionPredictionWriter``)."""
         detections, _ = self._evaluate(batch, self.test_map)
-        self._write_predictions(batch["names"], detections)
+        return {name: prediction_rows(det) for name, det in zip(batch["names"], detections)}
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test", self.test_map)
@@ -241,14 +236,11 @@ class Text4PointDetection(L.LightningModule):
         self.log_dict(scores)
         metric.reset()
 
-    def _write_predictions(self, names: list[str], detections: list[dict]) -> None:
-        """Per scene: ``<log_dir>/predictions/<name>.npy``, a structured array of ``PREDICTION_DTYPE`` rows,
-        written atomically (a reader never sees half a file)."""
-        out_dir = self._predictions_dir
-        for name, det in zip(names, detections):
-            rows = np.empty(len(det["scores"]), dtype=PREDICTION_DTYPE)
-            rows["box"] = det["boxes"].detach().cpu().numpy()
-            rows["score"] = det["scores"].detach().cpu().numpy()
-            rows["label"] = det["labels"].cpu().numpy()
-            with atomic_write(out_dir / f"{name}.npy") as f:
-                np.save(f, rows)
+
+def prediction_rows(detections: dict) -> np.ndarray:
+    """One scene's detections (``boxes`` [D, 7], ``scores`` [D], ``labels`` [D]) as [D] ``PREDICTION_DTYPE`` rows."""
+    rows = np.empty(len(detections["scores"]), dtype=PREDICTION_DTYPE)
+    rows["box"] = detections["boxes"].detach().cpu().numpy()
+    rows["score"] = detections["scores"].detach().cpu().numpy()
+    rows["label"] = detections["labels"].cpu().numpy()
+    return rows

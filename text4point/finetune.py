@@ -3,20 +3,27 @@ with the Text Querying Module fed by class text embeddings (learnable CoOp promp
 encoder), an auxiliary score-map loss at the encoder (Eq. 15-16), and evaluation on every input point."""
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lang3d.atomic import atomic_write
 from lang3d.metrics import SegmentationMetrics
-from lang3d.outputs import run_output_dir
-from lang3d.ply import write_point_ply
 from lang3d.sync_batchnorm import sync_batchnorm_under_ddp
 from lang3d.tensorboard import confusion_image, label_colors, log_image, log_point_cloud
 from text4point.guided_net import GuidedOutput, LanguageGuidedNet
+
+
+@dataclass
+class RoomLabels:
+    """The predicted class of every point of one room (what ``test`` writes, ``text4point.writers``): name
+    (``Area_N/<room>``), xyz [P, 3] float metres, labels [P] int64 class indices."""
+
+    name: str
+    xyz: np.ndarray
+    labels: np.ndarray
 
 
 class Text4PointSegmentation(L.LightningModule):
@@ -53,7 +60,6 @@ class Text4PointSegmentation(L.LightningModule):
         self.val_metrics = SegmentationMetrics(len(self.class_names), ignore_index)
         self.test_metrics = SegmentationMetrics(len(self.class_names), ignore_index)
         self._shown_room: dict | None = None
-        self._predictions_dir: Path | None = None
 
     # ---------------------------------------------------------------- forward and losses
     def forward(self, batch: dict) -> tuple[torch.Tensor, GuidedOutput]:
@@ -107,13 +113,15 @@ class Text4PointSegmentation(L.LightningModule):
             log_point_cloud(self.logger, "val_room/ground_truth", room["xyz"], label_colors(room["gt"], k), self.global_step)
         self._shown_room = None
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
+    def test_step(self, batch: dict, batch_idx: int) -> list[RoomLabels]:
+        """Updates the test metrics; returns the batch's rooms with their points' predicted classes (written by
+        ``text4point.writers.SegmentationPredictionWriter``)."""
         pred = self.predict_points(batch)
         self.test_metrics.update(pred, batch["point_segment"].to(self.device))
-        self._write_predictions(batch, pred.cpu().numpy())
-
-    def on_test_epoch_start(self) -> None:
-        self._predictions_dir = run_output_dir(self.trainer, "predictions")
+        owner, xyz = batch["inverse"][:, 0].cpu().numpy(), batch["point_coord"].cpu().numpy()
+        pred = pred.cpu().numpy()
+        return [RoomLabels(name, xyz[owner == b], pred[owner == b].astype(np.int64))
+                for b, name in enumerate(batch["names"])]
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test", self.test_metrics)
@@ -137,18 +145,3 @@ class Text4PointSegmentation(L.LightningModule):
         confusion = metrics.compute().cpu().numpy()
         log_image(self.logger, f"{stage}/confusion_matrix", confusion_image(confusion, self.class_names), self.global_step)
         metrics.reset()
-
-    def _write_predictions(self, batch: dict, pred: np.ndarray) -> None:
-        """Per room: ``<log_dir>/predictions/<name>.labels.npy`` (class per point) and ``<name>.ply`` (points
-        coloured by prediction)."""
-        out_dir = self._predictions_dir
-        owner = batch["inverse"][:, 0].numpy()
-        xyz = batch["point_coord"].numpy()
-        for b, name in enumerate(batch["names"]):
-            mask = owner == b
-            labels = pred[mask]
-            path = out_dir / name
-            with atomic_write(path.with_suffix(".labels.npy")) as f:
-                np.save(f, labels.astype(np.int64))
-            write_point_ply(path.with_suffix(".ply"), xyz[mask], label_colors(labels, len(self.class_names)),
-                            label=labels.astype(np.uint16))

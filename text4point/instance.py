@@ -16,9 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lang3d.atomic import atomic_write
 from lang3d.instance_metrics import InstanceSegmentationMetrics
-from lang3d.outputs import run_output_dir
 from lang3d.sync_batchnorm import sync_batchnorm_under_ddp
 from lang3d.tensorboard import log_point_cloud
 from text4point.finetune import Text4PointSegmentation
@@ -40,8 +38,9 @@ class InstanceOutput:
 
 @dataclass
 class RoomInstances:
-    """Predicted instances of one room: point_rows [P] int64 (its rows in the batch's ``point_*`` arrays),
-    masks [I, P] bool over those points, labels [I] int64 classes, scores [I] float32 in [0, 1]."""
+    """Predicted instances of one room (what ``test`` writes, ``text4point.writers``): point_rows [P] int64 (its rows
+    in the batch's ``point_*`` arrays), masks [I, P] bool over those points, labels [I] int64 classes, scores [I]
+    float32 in [0, 1]."""
 
     name: str
     point_rows: np.ndarray
@@ -117,7 +116,6 @@ class Text4PointInstanceSegmentation(L.LightningModule):
             InstanceSegmentationMetrics(k, self.class_names, eval_convention, min_region_size=eval_min_region_size)
             for _ in range(2))
         self._shown_room: dict | None = None
-        self._instances_dir = None  # set at test start (lang3d.outputs.run_output_dir)
 
     # ---------------------------------------------------------------- forward and losses
     def forward(self, batch: dict) -> InstanceOutput:
@@ -256,12 +254,10 @@ class Text4PointInstanceSegmentation(L.LightningModule):
                             self.global_step)
         self._shown_room = None
 
-    def on_test_epoch_start(self) -> None:
-        self._instances_dir = run_output_dir(self.trainer, "instances")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        for room in self._evaluate(batch, self.test_metrics):
-            self._write_instances(room)
+    def test_step(self, batch: dict, batch_idx: int) -> list[RoomInstances]:
+        """Updates the test metrics; returns the batch's rooms with their predicted instances (written by
+        ``text4point.writers.InstancePredictionWriter``)."""
+        return self._evaluate(batch, self.test_metrics)
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test", self.test_metrics)
@@ -276,23 +272,6 @@ class Text4PointInstanceSegmentation(L.LightningModule):
         self.log_dict({f"{stage}_ap50/{name}": scores["ap@0.5"][i].float() for i, name in enumerate(self.class_names)
                        if not torch.isnan(scores["ap@0.5"][i])})
         metrics.reset()
-
-    def _write_instances(self, room: RoomInstances) -> None:
-        """ScanNet benchmark layout under ``<log_dir>/instances``: ``<area>/<room>.txt`` with one line
-        ``predicted_masks/<room>_<k>.txt <class index> <score>`` per instance, and each mask file one 0/1 per
-        line for every point of the room in the prepared room's order (``datamodules.s3dis.rooms``). Every file is
-        written atomically; the room's list last."""
-        base = self._instances_dir / room.name
-        lines = []
-        for k, (mask, label, score) in enumerate(zip(room.masks, room.labels, room.scores)):
-            relative = f"predicted_masks/{base.name}_{k:03d}.txt"
-            text = np.empty(2 * len(mask), dtype=np.uint8)
-            text[0::2], text[1::2] = mask.astype(np.uint8) + ord("0"), ord("\n")
-            with atomic_write(base.parent / relative) as f:
-                f.write(text.tobytes())
-            lines.append(f"{relative} {int(label)} {float(score):.6f}\n")
-        with atomic_write(base.parent / f"{base.name}.txt", "w") as f:
-            f.write("".join(lines))
 
 
 def _require_instances(batch: dict) -> None:
