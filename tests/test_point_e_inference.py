@@ -41,6 +41,21 @@ def test_inference_path_leaves_the_input_alone_and_each_block_matches():
                                rtol=1e-5, atol=1e-5)
 
 
+def test_mlp_blocks_cover_every_token_once(monkeypatch):
+    """Blocks of 7 tokens over 50 tokens × 2 clouds (a ragged last block) give the unblocked result."""
+    from lang3d.point_e import transformer
+
+    model = _live_model("base40M-uncond", width=32, layers=2, heads=4)
+    h = torch.randn(2, 50, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        whole = model.backbone(h)
+        monkeypatch.setattr(transformer, "MLP_BLOCK_FLOATS", 7 * 128)
+        blocked = model.backbone(h)
+    torch.testing.assert_close(blocked, whole, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(blocked, model.backbone.resblocks[1](model.backbone.resblocks[0](h)).detach(),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_autocast_keeps_the_plain_path():
     model = _live_model("base40M-uncond", width=64, layers=2, heads=4)
     x, t = torch.randn(1, 6, 40), torch.tensor([10])
