@@ -59,3 +59,12 @@ def test_masked_l1():
     target = torch.tensor([[2.0, 0.0], [1.0, 0.0]])
     assert float(masked_l1(pred, target)) == (1.0 + 2.0) / 2
     assert float(masked_l1(pred, torch.zeros_like(target))) == 0.0
+
+
+def test_an_empty_pair_set_gives_zero_not_nan():
+    pixels = torch.randn(0, 8, requires_grad=True)
+    voxels = torch.randn(0, 8, requires_grad=True)
+    loss = pixel_voxel_contrastive_loss(pixels, voxels, 0.4)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert pixels.grad is not None and voxels.grad is not None

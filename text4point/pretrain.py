@@ -39,7 +39,8 @@ class Text4PointPretraining(EmptyStepsMixin, FrozenWeightsNotSaved, L.LightningM
         num_pairs: positive pairs sampled per batch at each level (memory stays bounded).
         depth_loss_weight: weight of the 2D decoder's auxiliary depth loss (appendix C); 0 disables it.
         lr, momentum, weight_decay: SGD (paper: lr 0.1, momentum SGD).
-        lr_decay, lr_decay_steps: exponential schedule lr·decay^(step / lr_decay_steps) (paper: 0.99).
+        lr_decay, lr_decay_steps: exponential schedule lr·decay^(step / lr_decay_steps) (PointContrast's recipe, which
+            the paper follows: 0.99 every 1,000 iterations).
         use_tqm: the Text Querying Module on/off.
         seed: seeds the per-step pair sampling (so a resumed run samples the same pairs).
         image_log_interval: steps between TensorBoard overlays of matched voxels (0: never).
@@ -52,7 +53,7 @@ class Text4PointPretraining(EmptyStepsMixin, FrozenWeightsNotSaved, L.LightningM
                  text_mode: str = "fixed",
                  in_channels: int = 3, feature_dim: int = 128, temperature: float = 0.4, num_pairs: int = 4096,
                  depth_loss_weight: float = 1.0, decoder_width: int = 256, lr: float = 0.1, momentum: float = 0.9,
-                 weight_decay: float = 1e-4, lr_decay: float = 0.99, lr_decay_steps: int = 100,
+                 weight_decay: float = 1e-4, lr_decay: float = 0.99, lr_decay_steps: int = 1000,
                  use_tqm: bool = True, tqm_heads: int = 1, stem_kernel_size: int = 3, bn_momentum: float = 0.05,
                  seed: int = 0, image_log_interval: int = 200):
         super().__init__()
@@ -101,10 +102,13 @@ class Text4PointPretraining(EmptyStepsMixin, FrozenWeightsNotSaved, L.LightningM
         target = batch["depth"][:, :depth_px.shape[1], :depth_px.shape[2]]  # rows / columns the map covers
         loss_depth = masked_l1(depth_px, target.to(depth_px))
         loss = loss_enc + loss_dec + self.hparams.depth_loss_weight * loss_depth
-        with torch.no_grad():
-            acc_enc = _match_accuracy(h2d[enc[:, 0], :, enc[:, 2], enc[:, 3]].float(), feats.h3d_expanded[enc[:, 1]])
-        return {"loss": loss, "loss_enc": loss_enc, "loss_dec": loss_dec, "loss_depth": loss_depth,
-                "match_acc_enc": acc_enc, "pairs": torch.tensor(float(len(pairs)))}
+        out = {"loss": loss, "loss_enc": loss_enc, "loss_dec": loss_dec, "loss_depth": loss_depth,
+               "pairs": torch.tensor(float(len(pairs)))}
+        if len(enc):  # no accuracy without encoder-level pairs (all pairs in rows the CLIP map does not cover)
+            with torch.no_grad():
+                out["match_acc_enc"] = _match_accuracy(h2d[enc[:, 0], :, enc[:, 2], enc[:, 3]].float(),
+                                                       feats.h3d_expanded[enc[:, 1]])
+        return out
 
     @property
     def feature_strides(self) -> tuple[int, int]:
