@@ -283,8 +283,8 @@ def test_fused_upsampler_trains_on_its_own_schedule(cap3d_root):
     module = make_module(upsampler_conditioning="fused")
     _random_point_e(module)                       # a zero output_proj would pass no gradient back
     assert module.upsampler.fusion is not module.net.fusion
-    torch.testing.assert_close(module.upsampler.fusion.image_embed[1].weight, module.upsampler.model.clip_embed[1].weight,
-                               rtol=0, atol=0)
+    fusion, upsampler = module.upsampler.fusion, module.upsampler.model
+    torch.testing.assert_close(fusion.image_embed[1].weight, upsampler.clip_embed[1].weight, rtol=0, atol=0)
     seen = []
     module.upsampler.register_forward_hook(lambda m, a, k, out: seen.append((a[0], k["low_res"])), with_kwargs=True)
     dm = datamodule(cap3d_root, num_points=48 + 32)
