@@ -1,5 +1,6 @@
-"""Text4Point detection fine-tuning end to end on tiny synthetic scenes: VoteNet on the SR-UNet34 learns
-ScanNet-style axis-aligned boxes (validation = the two training scenes: an overfitting check), SUN RGB-D-style
+"""Text4Point detection fine-tuning end to end on tiny synthetic scenes: VoteNet on the SR-UNet34 fits the
+ScanNet-style axis-aligned boxes of its two training scenes (validation = those scenes: a fitting check, not a
+generalisation claim), SUN RGB-D-style
 oriented boxes run through the CLI with 12 heading bins, predictions written by `test`, TensorBoard."""
 from pathlib import Path
 
@@ -38,7 +39,12 @@ def scannet_datamodule(root):
                                       num_workers=0, augment=False)
 
 
-def test_votenet_learns_axis_aligned_boxes_and_test_writes_predictions(scannet_root, tmp_path):
+def test_votenet_fits_its_training_scenes_and_test_writes_predictions(scannet_root, tmp_path):
+    """200 steps on two scenes, scored on the same two scenes. mAP@0.25 observed: 0.252 (AMD EPYC, issue #11), > 0.3
+    (the machine this was written on), 0.667 (seed 0, 1 thread, scenes shared with a held-out pair); an untrained
+    model scores ~0.02. The threshold is half the lowest. Held-out scenes are not claimed: measured on two held-out
+    scenes of the same generator, 200 steps leave the vote loss where it was (1.11 -> 1.04) and raise the box
+    losses (overfitting); generalisation needs more scenes and steps than a CPU test affords."""
     L.seed_everything(0)
     dm = scannet_datamodule(scannet_root)
     model = Text4PointDetection(dm.class_names, **TINY, num_seed=256, num_proposal=128, lr=0.003, warmup=20,
@@ -53,7 +59,7 @@ def test_votenet_learns_axis_aligned_boxes_and_test_writes_predictions(scannet_r
     torch.testing.assert_close(model.mean_size, torch.as_tensor(dm.mean_size))   # adopted from the datamodule
     ap25, ap50 = float(trainer.callback_metrics["val/map@0.25"]), float(trainer.callback_metrics["val/map@0.5"])
     print(f"after {steps} steps: mAP@0.25 {ap25:.3f}, mAP@0.5 {ap50:.3f}")
-    assert ap25 > 0.3, f"mAP@0.25 {ap25:.3f} after {steps} steps on its own two training scenes"
+    assert ap25 > 0.12, f"mAP@0.25 {ap25:.3f} after {steps} steps on its own two training scenes"
 
     trainer.test(model, dm)
     files = sorted(Path(trainer.log_dir, "predictions").glob("*.npy"))

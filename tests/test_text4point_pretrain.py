@@ -8,6 +8,7 @@ import torch
 
 from datamodules import ScanNetPairsDataModule
 from lang3d.cli import main as cli_main
+from lang3d.clip import CLIPDenseImageEncoder, load_clip
 from text4point import Text4PointPretraining
 from text4point.pretrain import sample_one_to_one
 
@@ -21,22 +22,60 @@ def trainer(tmp_path, **kw):
                      num_sanity_val_steps=0, limit_val_batches=1, enable_model_summary=False, **kw)
 
 
-def test_optimisation_steps_reduce_the_loss(tiny_scannet):
-    L.seed_everything(0)
+@pytest.fixture(scope="module")
+def whitened_clip(tiny_scannet, tmp_path_factory):
+    """The tiny random RN CLIP with its attention pool's output projection whitening the dense features of the
+    scans' frames, saved as a weights file. Unwhitened, a random tower gives every feature cell nearly the same
+    vector (cosine > 0.99999 between cells), so no pixel can be told from another and the encoder-level
+    contrastive loss has nothing to learn; whitened, the cells differ as a trained CLIP's do."""
+    torch.manual_seed(0)
+    model, _ = load_clip("lang3d-tiny-RN")
+    dm = ScanNetPairsDataModule(str(tiny_scannet), **{**TINY_DATA, "batch_size": 8})
+    dm.setup("fit")
+    images = torch.cat([b["image"] for b in (*dm.train_dataloader(), *dm.val_dataloader())])
+    with torch.no_grad():
+        dense = CLIPDenseImageEncoder(model)(images.permute(0, 3, 1, 2).float() / 255.0)["dense"]
+        cells = dense.permute(0, 2, 3, 1).reshape(-1, dense.shape[1]).double()   # [cells, d]
+        mean = cells.mean(0)
+        values, vectors = torch.linalg.eigh((cells - mean).T @ (cells - mean) / len(cells))
+        whiten = vectors @ torch.diag(values.clamp_min(values.max() * 1e-6).rsqrt()) @ vectors.T
+        proj = model.visual.attnpool.c_proj
+        weight, bias = proj.weight.double(), proj.bias.double()
+        proj.weight.copy_(whiten @ weight)
+        proj.bias.copy_(whiten @ (bias - mean))
+    path = tmp_path_factory.mktemp("clip") / "tiny_rn_whitened.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_encoder_level_alignment_fits_a_batch(tiny_scannet, whitened_clip, seed):
+    """The paper's signal: 30 steps on one batch (two frames, ~20 encoder-level pixel-voxel pairs) take the
+    encoder-level contrastive loss (Eq. 14 between CLIP cells and stride-16 voxels) from ~6.0 (= 2 log 20, chance)
+    down and the encoder-level match accuracy from chance (1/20) up. Observed (seeds 0-2, 1 and 2 threads):
+    loss ratio after / before <= 0.47, match accuracy 1.0; asserted: ratio < 0.75 and accuracy >= 0.5. A total
+    that includes the depth L1 would fall whatever the contrastive terms do. Held-out frames are not claimed:
+    measured on the other scan, 30 steps move its encoder loss by ~3% only (two training frames)."""
+    L.seed_everything(seed)
     dm = ScanNetPairsDataModule(str(tiny_scannet), **TINY_DATA)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    model = Text4PointPretraining(**TINY_MODEL)
+    model = Text4PointPretraining(**{**TINY_MODEL, "clip_pretrained": str(whitened_clip), "lr": 0.1})
     optimizer = model.configure_optimizers()["optimizer"]
-    losses = []
-    for _ in range(8):
+    with torch.no_grad():
+        before = model._losses(batch)
+    for _ in range(30):
         out = model._losses(batch)
         optimizer.zero_grad()
         out["loss"].backward()
         optimizer.step()
-        losses.append(float(out["loss"]))
-    assert np.isfinite(losses).all()
-    assert losses[-1] < 0.9 * losses[0]
+        assert torch.isfinite(out["loss"])
+    with torch.no_grad():
+        after = model._losses(batch)
+    assert float(before["match_acc_enc"]) <= 0.25, before   # chance: one pair in ~20
+    assert float(after["loss_enc"]) < 0.75 * float(before["loss_enc"]), (before, after)
+    assert float(after["match_acc_enc"]) >= 0.5, (before, after)
+    assert float(after["loss_dec"]) < float(before["loss_dec"]), (before, after)
     # the frozen CLIP tower received no update
     assert all(p.grad is None for p in model.image_encoder.parameters())
 
