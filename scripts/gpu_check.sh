@@ -23,6 +23,7 @@ STAGES=("$@")
 [ ${#STAGES[@]} -gt 0 ] || STAGES=(setup tests bench suite)
 mkdir -p "$OUT"
 started=$SECONDS
+failed=()   # stages or benchmarks that failed; the check goes on with the next one (setup failing stops it)
 left() { local s=$((BUDGET_S - (SECONDS - started))); echo $((s > 10 ? s : 10)); }   # timeout 0 = none
 say() { echo "gpu-check [$((SECONDS - started)) s]: $*"; }
 
@@ -51,25 +52,24 @@ print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_dev
       say "CUDA-vs-CPU tests"
       OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} timeout "$(left)" "$PY" -m pytest -q -rs \
         tests/test_cuda_parity.py "tests/test_point_ops.py::test_fps_and_knn_on_cuda_match_cpu" \
-        | tee "$OUT/cuda_tests.log"
+        | tee "$OUT/cuda_tests.log" || failed+=(tests)
       if grep -q "skipped" "$OUT/cuda_tests.log"; then
         echo "gpu-check: CUDA tests were skipped on a GPU machine" >&2
-        exit 1
+        failed+=(tests-skipped)
       fi
       ;;
     bench)
       say "benchmarks"
       rm -f "$OUT/figures.jsonl"
       export LANG3D_BENCH_RECORD="$OUT/figures.jsonl"
-      timeout "$(left)" "$PY" benchmarks/srunet_speed.py --device cuda
-      timeout "$(left)" "$PY" benchmarks/point_e_sampling.py --device cuda
-      timeout "$(left)" "$PY" benchmarks/text4point_pretrain.py
-      "$PY" benchmarks/summary.py "$OUT/figures.jsonl" "$OUT/summary.md"
-      cat "$OUT/summary.md"
+      timeout "$(left)" "$PY" benchmarks/srunet_speed.py --device cuda || failed+=(srunet_speed)
+      timeout "$(left)" "$PY" benchmarks/point_e_sampling.py --device cuda || failed+=(point_e_sampling)
+      timeout "$(left)" "$PY" benchmarks/text4point_pretrain.py || failed+=(text4point_pretrain)
+      [ ! -s "$OUT/figures.jsonl" ] || "$PY" benchmarks/summary.py "$OUT/figures.jsonl" "$OUT/summary.md"
       ;;
     suite)
       say "the whole suite with CUDA visible ($(left) s left)"
-      timeout "$(left)" "$PY" -m pytest -q -x | tee "$OUT/suite.log" | tail -n 30
+      timeout "$(left)" "$PY" -m pytest -q -x | tee "$OUT/suite.log" | tail -n 30 || failed+=(suite)
       ;;
     *)
       echo "gpu-check: unknown stage '$stage' (setup, tests, bench, suite)" >&2
@@ -77,4 +77,8 @@ print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_dev
       ;;
   esac
 done
+if [ ${#failed[@]} -gt 0 ]; then
+  say "FAILED: ${failed[*]}"
+  exit 1
+fi
 say "done"
