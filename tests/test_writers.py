@@ -240,3 +240,41 @@ def test_cloud_writer_names_an_unknown_format():
 
     with pytest.raises(ValueError, match=r"unknown output formats \['obj'\]"):
         GeneratedCloudWriter("out", formats=["ply", "obj"])
+
+
+@pytest.mark.ddp
+def test_sepe_generation_under_ddp_writes_every_prompt_once(tmp_path):
+    """``lightning predict -c configs/sepe_sample.yaml`` (a one-step checkpoint of the shipped tiny config), 4
+    prompts over 2 processes: each process writes the prompts it generated, so the files are those of a one-process
+    run, each once, for the same prompts. (The clouds themselves differ: a process draws its prompts' noise in
+    sequence.)"""
+    from test_ddp_pipelines import _cap3d, run_ddp
+
+    generate_cap3d(tmp_path / "objects" / "cap3d", num_objects=4, views=1, image_size=32, points=512)
+    checkpoints = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                   "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True, "save_top_k": 0}}
+    cli_main(["fit", "-c", str(REPO / "configs/sepe.yaml"), *_cap3d("data", tmp_path / "objects"),
+              "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", "--trainer.logger", "false",
+              "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks", json.dumps([checkpoints]),
+              "--trainer.enable_progress_bar", "false"])
+    image = next((tmp_path / "objects" / "cap3d").rglob("00000.png"))
+    prompts = ["a red chair", "a blue table", "a green lamp", "a small boat"]
+
+    def predict(folder: Path) -> list[str]:
+        writer = {"class_path": "sepe.writers.GeneratedCloudWriter", "init_args": {"output_dir": str(folder)}}
+        checkpoint = tmp_path / "ckpt" / "last.ckpt"
+        return ["predict", "-c", str(REPO / "configs/sepe_sample.yaml"), "--ckpt_path", str(checkpoint),
+                "--data.prompts", json.dumps(prompts), "--data.images", json.dumps([str(image)]), "--data.steps", "2",
+                "--data.batch_size", "1", "--trainer.default_root_dir", str(folder), "--trainer.callbacks",
+                json.dumps([writer]), "--trainer.enable_progress_bar", "false", "--seed_everything", "0"]
+
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    cli_main([*predict(single), "--trainer.accelerator", "cpu"])
+    run_ddp(predict(ddp))
+    def clouds(folder: Path) -> list[str]:
+        return sorted(p.name for p in folder.iterdir() if p.suffix in (".ply", ".npz"))
+
+    assert len(clouds(single)) == 2 * len(prompts) and clouds(ddp) == clouds(single)
+    for path in single.glob("*.npz"):
+        alone, twin = np.load(path), np.load(ddp / path.name)
+        assert str(twin["prompt"]) == str(alone["prompt"]) and twin["coords"].shape == alone["coords"].shape
