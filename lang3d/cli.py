@@ -42,16 +42,16 @@ def _class_and_args(node) -> tuple[str, dict] | None:
 
 def missing_data_roots(node, key: str = "data") -> list[str]:
     """``key: path (Class)`` for every ``root`` of a datamodule in the config node ``node`` (nested datamodules
-    included) that does not exist, except a class's own ``builtin_root``, which its ``prepare_data`` writes."""
+    included) that does not exist, unless the datamodule is asked to write its built-in data there
+    (``write_builtin_data: true``, done by its ``prepare_data``)."""
     found = _class_and_args(node)
     if found is None:
         return []
     class_path, args = found
     module, _, name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module), name, None) if module else None
-    root, builtin, missing = args.get("root"), getattr(cls, "builtin_root", None), []
-    if isinstance(root, str) and not Path(root).expanduser().exists() and \
-            not (builtin is not None and Path(root).resolve() == Path(builtin).resolve()):
+    root, missing = args.get("root"), []
+    if isinstance(root, str) and not Path(root).expanduser().exists() and not args.get("write_builtin_data"):
         missing.append(f"{key}.root: {root} ({name})")
     for child_key, child in args.items():
         missing += missing_data_roots(child, f"{key}.{child_key}")

@@ -313,12 +313,11 @@ def test_zipped_ply_layout_through_the_datamodule_and_the_cli(cap3d_zip, tmp_pat
         assert RenderedViews(tmp_path / "cli" / VIEW_DIR / f"{uid}.zip").views == ["00000", "00001"]
 
 
-def test_builtin_root_is_generated_but_a_missing_user_root_is_an_error(tmp_path, monkeypatch):
+def test_builtin_root_is_generated_but_a_missing_user_root_is_an_error(tmp_path):
     import datamodules.cap3d.datamodule as cap3d_dm
 
-    monkeypatch.setattr(cap3d_dm, "BUILTIN_ROOT", tmp_path / "builtin")
     dm = cap3d_dm.Cap3DDataModule(str(tmp_path / "builtin"), subset="ABO", num_points=64, batch_size=2,
-                                  num_workers=0, image_size=(32, 32))
+                                  num_workers=0, image_size=(32, 32), write_builtin_data=True)
     dm.prepare_data()
     assert (tmp_path / "builtin" / "Cap3D_automated_ABO.csv").is_file()
     missing = cap3d_dm.Cap3DDataModule(str(tmp_path / "mine"), subset="ABO", num_points=64, num_workers=0)

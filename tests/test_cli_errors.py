@@ -74,6 +74,5 @@ def test_missing_roots_are_found_in_nested_data_configs(tmp_path):
                        zeroshot={"class_path": "datamodules.modelnet40.ModelNet40DataModule",
                                  "init_args": {"root": str(tmp_path / "no_mn40")}})
     assert missing_data_roots(as_settings) == [f"data.zeroshot.root: {tmp_path / 'no_mn40'} (ModelNet40DataModule)"]
-    from datamodules.cap3d.datamodule import Cap3DDataModule
-    builtin = node("datamodules.cap3d.Cap3DDataModule", root=str(Cap3DDataModule.builtin_root))
+    builtin = node("datamodules.cap3d.Cap3DDataModule", root=str(tmp_path / "demo"), write_builtin_data=True)
     assert missing_data_roots(builtin) == []   # written by prepare_data

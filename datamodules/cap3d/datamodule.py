@@ -20,7 +20,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -30,8 +30,6 @@ from datamodules.synthetic.cap3d import generate_cap3d
 from lang3d.data.object_samples import PointSelector, check_cloud, collate_object_samples
 from lang3d.data.point_ops import normalize_unit_sphere
 from lang3d.data.sampling import EpochSeededDataset, sharded_loader
-
-BUILTIN_ROOT = Path("data/synthetic/cap3d")  # the demo data ``lightning fit -c configs/sepe.yaml`` trains on
 
 CAPTION_FILES = {"ABO": ("Cap3D_automated_ABO.csv",),
                  "Objaverse": ("Cap3D_automated_Objaverse_full.csv", "Cap3D_automated_Objaverse.csv")}
@@ -187,6 +185,9 @@ class Cap3DDataModule(L.LightningDataModule):
         batch_size / val_batch_size (default batch_size), num_workers, seed: shuffling and view draws;
             drop_last: drop the last incomplete training batch (contrastive losses see full batches).
         max_train_objects / max_val_objects: keep only the first objects of the split (quick runs).
+        write_builtin_data: when ``root`` does not exist, ``prepare_data`` writes the built-in synthetic
+            Cap3D-format data there (the demos: ``configs/sepe.yaml`` as shipped). Off (default): a missing root is
+            an error, never replaced by synthetic data.
 
     Object files: a caption whose point cloud is missing is skipped, counted in ``skipped["missing_point_cloud"]``
     and reported with a warning (the caption files cover ~1M objects; the clouds are downloaded in parts). An
@@ -195,15 +196,14 @@ class Cap3DDataModule(L.LightningDataModule):
     ``caption``, ``uid``, ``view`` and the Counter ``skipped``.
     """
 
-    builtin_root = BUILTIN_ROOT  # a missing root is an error, except this one: prepare_data writes it
-
     def __init__(self, root: str, subset: str | None = None, captions: str | None = None,
                  point_dir: str = "Cap3D_pcs_pt", view_dir: str = "Cap3D_Objaverse_renderimgs",
                  split_fractions: tuple[float, ...] = (0.9, 0.1), num_points: int = 8192, allow_repeat: bool = False,
                  load_images: bool = True, image_size: tuple[int, int] = (224, 224), background: int = 255,
                  batch_size: int = 32, val_batch_size: int | None = None, num_workers: int = 4, seed: int = 0,
                  drop_last: bool = True, cache_dir: str | None = None, fps_cache: bool = True,
-                 max_train_objects: int | None = None, max_val_objects: int | None = None, normalize: bool = False):
+                 max_train_objects: int | None = None, max_val_objects: int | None = None, normalize: bool = False,
+                 write_builtin_data: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.root = Path(root).expanduser()
@@ -252,12 +252,13 @@ class Cap3DDataModule(L.LightningDataModule):
                             hp.normalize)
 
     def prepare_data(self) -> None:
-        """Writes the built-in synthetic data when ``root`` is ``BUILTIN_ROOT`` and it is not there yet (any other
-        missing root is an error, never replaced by synthetic data). With the FPS cache on: reads every object's
+        """Writes the built-in synthetic data into a missing ``root`` when ``write_builtin_data`` asks for it. With the
+        FPS cache on: reads every object's
         cloud once (in ``num_workers`` processes) to fill it; warns about skipped clouds. FPS of 8192 of 16384
         points costs ~0.4 s per object and core, once."""
-        if self.root.resolve() == BUILTIN_ROOT.resolve() and not self.root.is_dir():
-            rank_zero_info(f"Cap3D: writing the built-in synthetic Cap3D-format data to {self.root} (16 objects)")
+        if self.hparams.write_builtin_data and not self.root.exists():
+            rank_zero_warn(f"Cap3D: {self.root} does not exist; writing the built-in SYNTHETIC Cap3D-format data there "
+                           f"(16 objects) because write_builtin_data is true: set it false for real data")
             generate_cap3d(self.root, num_objects=16, views=4, image_size=64)
         if not self.hparams.fps_cache:
             return
