@@ -12,7 +12,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.functional.retrieval import retrieval_average_precision, retrieval_hit_rate
 
 from lang3d.distributed import gather_rows, row_counts
 
@@ -22,9 +21,11 @@ def retrieval_scores(query: torch.Tensor, gallery: torch.Tensor, query_labels: t
                      chunk: int = 1024) -> dict[str, torch.Tensor]:
     """Queries [Q,D] against gallery [G,D] -> {"R@k": ..., "mAP": ..., "queries": count}.
 
-    R@k: fraction of queries with at least one relevant item among the k first (torchmetrics' hit rate). mAP:
-    mean over queries of the average precision (1/R) Σ_{relevant ranks r} precision@r over the whole ranking
-    (torchmetrics' ``retrieval_average_precision``). ``exclude_self`` (query
+    R@k: fraction of queries with at least one relevant item among the k first. mAP: mean over queries of the
+    average precision (1/R) Σ_{relevant ranks r} precision@r over the whole ranking. Ties rank in gallery order
+    (a stable sort). Not torchmetrics' retrieval functions: they break ties by an unstable sort (scores then
+    change with the order DDP gathers the gallery in) and count items scored <= 0 (negative cosines) as never
+    retrieved. ``exclude_self`` (query
     set = gallery set, e.g. 3D->3D) removes each query from its own gallery. Queries with no relevant item are
     left out of every score (counted out of ``queries``).
     """
@@ -43,14 +44,16 @@ def retrieval_scores(query: torch.Tensor, gallery: torch.Tensor, query_labels: t
             rows = torch.arange(len(sim), device=sim.device)
             sim[rows, rows + start] = float("-inf")
             relevant[rows, rows + start] = False
-        keep = relevant.any(1)
+        order = sim.argsort(dim=1, descending=True, stable=True)
+        rel = relevant.gather(1, order).float()                                          # [q, G] by rank
+        keep = rel.sum(1) > 0
+        rel = rel[keep]
         counted += int(keep.sum())
-        # torchmetrics' average precision treats items scored <= 0 as not retrieved: cosines move to [1, 3]
-        # (same order; an excluded self stays at -inf, not relevant)
-        for row, target in zip(sim[keep] + 2.0, relevant[keep]):                         # torchmetrics, per query
-            for k in ks:
-                hits[k] += retrieval_hit_rate(row, target, top_k=k)
-            ap_sum += retrieval_average_precision(row, target)
+        for k in ks:
+            hits[k] += rel[:, :k].amax(1).sum()
+        ranks = torch.arange(1, rel.shape[1] + 1, device=rel.device)
+        precision = rel.cumsum(1) / ranks
+        ap_sum += ((precision * rel).sum(1) / rel.sum(1).clamp(min=1)).sum()
     denom = max(counted, 1)
     scores = {f"R@{k}": hits[k] / denom for k in ks}
     scores["mAP"] = ap_sum / denom

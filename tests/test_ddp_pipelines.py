@@ -127,7 +127,10 @@ def check_metrics(ddp_run: Path, single_run: Path, stage: str, prefix: str, rank
     assert picked[0] == picked[1], "the DDP ranks hold different evaluation metrics"
     assert picked[0].keys() == picked[2].keys()
     for key, value in picked[2].items():
-        assert picked[0][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+        # Retrieval scores rank items by cosine: two embeddings of near-identical synthetic shapes differ by
+        # float noise (1e-7) between batchings, enough to swap their ranks; one swap moves an mAP by ~1e-4.
+        tolerance = 5e-3 if "_retrieval_" in key else 1e-6
+        assert picked[0][key] == pytest.approx(value, rel=1e-5, abs=tolerance), key
     return picked[2]
 
 
