@@ -6,6 +6,7 @@ the gallery (texts and/or images) are ranked, per query; ``pointbind.writers.Ari
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -44,7 +45,11 @@ def load_points(path: str | Path, num_points: int) -> np.ndarray:
 
 class ArithmeticQueriesDataModule(L.LightningDataModule):
     """queries: [{"points": path, "text": str} or {"points": path, "image": path}, ...]; gallery_texts /
-    gallery_images: the items to retrieve from; weights: of the 3D and the other embedding in the sum."""
+    gallery_images: the items to retrieve from; weights: of the 3D and the other embedding in the sum.
+
+    Batches (one query each): ``query`` (its dict), ``points`` [1,N,3], ``image`` uint8 [1,H,W,3] for an image
+    query, and the request: ``gallery`` ({"items": names in embedding order, "texts", "images": uint8 [G_img,H,W,3]
+    or None}), ``k``, ``weights``."""
 
     def __init__(self, queries: list[dict], gallery_texts: list[str] | None = None,
                  gallery_images: list[str] | None = None, num_points: int = 8192, k: int = 5,
@@ -73,11 +78,16 @@ class ArithmeticQueriesDataModule(L.LightningDataModule):
         return torch.from_numpy(np.stack(images))
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(self.hparams.queries, batch_size=1, shuffle=False, collate_fn=self._load)
+        gallery = {"items": self.gallery_items(), "texts": self.gallery_texts,
+                   "images": self.gallery_image_batch() if self.gallery_images else None}
+        return DataLoader(self.hparams.queries, batch_size=1, shuffle=False,
+                          collate_fn=partial(self._load, gallery=gallery))
 
-    def _load(self, queries: list[dict]) -> dict:
+    def _load(self, queries: list[dict], gallery: dict) -> dict:
         (query,) = queries
-        batch = {"query": query, "points": torch.from_numpy(load_points(query["points"], self.hparams.num_points))[None]}
+        points = load_points(query["points"], self.hparams.num_points)
+        batch = {"query": query, "points": torch.from_numpy(points)[None], "gallery": gallery, "k": self.k,
+                 "weights": self.weights}
         if "image" in query:
             batch["image"] = torch.from_numpy(read_image(query["image"]))[None]
         return batch

@@ -181,20 +181,21 @@ class PointBindAlignment(EmptyStepsMixin, FrozenWeightsNotSaved, L.LightningModu
     # ---------------------------------------------------------------- embedding arithmetic (predict)
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """One query of ``ArithmeticQueriesDataModule``: compose its 3D embedding with its text or image embedding
-        and rank the gallery; returns the query with its ``nearest`` items (``pointbind.writers`` writes them)."""
-        request = self.trainer.datamodule
+        with the batch's ``weights`` and rank the batch's gallery (embedded once per predict epoch); returns the
+        query with its ``k`` nearest items (``pointbind.writers`` writes them)."""
+        gallery = batch["gallery"]
         if self._gallery is None:
             parts = []
-            if request.gallery_texts:
-                parts.append(self.embed_texts(request.gallery_texts))
-            if request.gallery_images:
-                parts.append(self.embed_images(request.gallery_image_batch().to(self.device)))
+            if gallery["texts"]:
+                parts.append(self.embed_texts(gallery["texts"]))
+            if gallery["images"] is not None:
+                parts.append(self.embed_images(gallery["images"].to(self.device)))
             self._gallery = torch.cat(parts)
         query = batch["query"]
         other = self.embed_texts([query["text"]]) if "text" in query else self.embed_images(batch["image"].to(self.device))
-        scores, index = composed_retrieval(self(batch["points"].to(self.device)), other, self._gallery, request.k,
-                                           request.weights)
-        items = request.gallery_items()
+        scores, index = composed_retrieval(self(batch["points"].to(self.device)), other, self._gallery, batch["k"],
+                                           batch["weights"])
+        items = gallery["items"]
         return {**query, "nearest": [{"item": items[i], "score": round(float(s), 6)}
                                      for s, i in zip(scores[0].tolist(), index[0].tolist())]}
 

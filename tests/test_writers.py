@@ -185,6 +185,30 @@ def test_arithmetic_writer_writes_every_query_in_order_once(tmp_path):
     assert [p.name for p in output.parent.iterdir()] == ["ranking.json"]   # no temporary file left
 
 
+def test_arithmetic_predict_takes_its_request_from_the_batches_not_the_trainers_datamodule(tmp_path):
+    """The queries' loader alone (no datamodule attached to the trainer): gallery, k and weights come with the
+    batches; weights (0, 1) make the composed query the text itself, so each text ranks its own caption first."""
+    from pointbind.arithmetic_data import ArithmeticQueriesDataModule
+    from pointbind.module import PointBindAlignment
+
+    generate_cap3d(tmp_path / "cap3d", num_objects=1, views=1, image_size=32, points=128)
+    cloud = str(next((tmp_path / "cap3d").rglob("*.pt")))
+    gallery = ["a red cube", "a blue sphere", "a green cone"]
+    dm = ArithmeticQueriesDataModule([{"points": cloud, "text": text} for text in gallery[::-1]], gallery_texts=gallery,
+                                     num_points=64, k=3, weights=(0.0, 1.0))
+    model = PointBindAlignment(encoder="pointbert", clip_model="lang3d-tiny-ViT", clip_pretrained=None,
+                               encoder_options={"num_groups": 8, "group_size": 8, "tokenizer_dim": 16,
+                                                "tokenizer_hidden": [16, 16, 16], "width": 16, "depth": 1,
+                                                "heads": 2, "pos_hidden": 8})
+    output = tmp_path / "ranking.json"
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        callbacks=[ArithmeticRankingWriter(str(output))])
+    trainer.predict(model, dataloaders=dm.predict_dataloader(), return_predictions=False)
+    rankings = json.loads(output.read_text())
+    assert [r["nearest"][0]["item"] for r in rankings] == gallery[::-1]
+    assert all(len(r["nearest"]) == 3 for r in rankings)
+
+
 @pytest.fixture(scope="module")
 def arithmetic_inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("cap3d")
