@@ -16,6 +16,7 @@ import time
 import lightning as L
 import torch
 
+from datamodules.scannet.meta import CLASS_LABELS
 from datamodules import ScanNetPairsDataModule
 from datamodules.synthetic.scannet import generate_scannet
 from lang3d.timing import record, timed
@@ -51,7 +52,8 @@ def main() -> None:
         print(f"data: {len(samples) / data_s:.2f} frames/s, {pairs / data_s:.0f} pairs/s (one process)")
         record("text4point_pretrain", "2D-3D pair pipeline (one process)", pairs / data_s, "pairs/s")
 
-        model = Text4PointPretraining(clip_model=args.clip_model, clip_pretrained=None, image_log_interval=0).to(device)
+        model = Text4PointPretraining(class_names=list(CLASS_LABELS), clip_model=args.clip_model, clip_pretrained=None,
+                                      image_log_interval=0).to(device)
         optimizer = model.configure_optimizers()["optimizer"]
         batch = next(iter(dm.train_dataloader()))
         def train_step():

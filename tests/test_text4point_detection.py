@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from datamodules.scannet.meta import CLASS_LABELS
 from datamodules import ScanNetDetectionDataModule, SUNRGBDDataModule
 from datamodules.detection_common import collate_detection
 from datamodules.synthetic.scannet_detection import generate_scannet_detection
@@ -153,7 +154,7 @@ def test_birds_eye_view_draws_boxes_where_they_are():
 
 def test_pretrained_3d_network_loads_by_name_and_the_head_is_new(tmp_path):
     L.seed_everything(1)
-    pretrained = Text4PointPretraining(**TINY, feature_dim=16, decoder_width=16)
+    pretrained = Text4PointPretraining(class_names=list(CLASS_LABELS), **TINY, feature_dim=16, decoder_width=16)
     path = tmp_path / "pretrain.ckpt"
     torch.save({"state_dict": pretrained.state_dict()}, path)
     model = Text4PointDetection(["chair", "table"], **TINY, pretrained=str(path), mean_size=[[0.5, 0.5, 0.9]] * 2)

@@ -10,6 +10,7 @@ import torch
 import yaml
 from plyfile import PlyData
 
+from datamodules.scannet.meta import CLASS_LABELS
 from datamodules import S3DISDataModule
 from datamodules.synthetic.s3dis import generate_s3dis
 from lang3d.checkpoint import CheckpointMismatchError
@@ -41,7 +42,7 @@ def pretrain_checkpoint(tmp_path_factory):
     """A (not trained) pre-training checkpoint with the tiny CLIP, in Lightning's checkpoint layout."""
     path = tmp_path_factory.mktemp("pretrain") / "pretrain.ckpt"
     L.seed_everything(1)
-    model = Text4PointPretraining(**TINY, feature_dim=16, decoder_width=16)
+    model = Text4PointPretraining(class_names=list(CLASS_LABELS), **TINY, feature_dim=16, decoder_width=16)
     torch.save({"state_dict": model.state_dict()}, path)
     return path, model
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from datamodules.scannet.meta import CLASS_LABELS
 from datamodules import S3DISDataModule
 from datamodules.s3dis.raw import ALIGNED_DIR
 from datamodules.s3dis.rooms import load_room, room_path
@@ -187,8 +188,9 @@ def test_bad_settings_are_named(rooms, tmp_path):
 def test_configs_fit_then_test_as_make_runs_them(rooms, tmp_path, monkeypatch):
     """fit from a (tiny, untrained) pre-training checkpoint, then test the last checkpoint, as the make target."""
     pretrain = tmp_path / "pretrain.ckpt"
-    torch.save({"state_dict": Text4PointPretraining(clip_model="lang3d-tiny-RN", clip_pretrained=None, feature_dim=16,
-                                                    decoder_width=16).state_dict()}, pretrain)
+    pretrained = Text4PointPretraining(class_names=list(CLASS_LABELS), clip_model="lang3d-tiny-RN", clip_pretrained=None,
+                                       feature_dim=16, decoder_width=16)
+    torch.save({"state_dict": pretrained.state_dict()}, pretrain)
     monkeypatch.chdir(tmp_path)  # the demo overlay writes under runs/ of the working directory
     configs = ["-c", str(CONFIGS / "instance_s3dis.yaml"), "-c", str(CONFIGS / "demo_synthetic_s3dis_ins.yaml"),
                "--data.root", str(rooms), "--data.num_workers", "0", "--trainer.enable_progress_bar", "false"]

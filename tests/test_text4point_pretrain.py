@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from datamodules import ScanNetPairsDataModule
+from datamodules.scannet.meta import CLASS_LABELS
 from lang3d.cli import main as cli_main
 from lang3d.clip import CLIPDenseImageEncoder, load_clip
 from text4point import Text4PointPretraining
 from text4point.pretrain import sample_one_to_one
 
-TINY_MODEL = dict(clip_model="lang3d-tiny-RN", clip_pretrained=None, num_pairs=256, feature_dim=32,
-                  decoder_width=32, lr=0.05, image_log_interval=1)
+TINY_MODEL = dict(class_names=list(CLASS_LABELS), clip_model="lang3d-tiny-RN", clip_pretrained=None, num_pairs=256,
+                  feature_dim=32, decoder_width=32, lr=0.05, image_log_interval=1)
 TINY_DATA = dict(frame_skip=1, batch_size=2, num_workers=0, image_size=(96, 128), voxel_size=0.05)
 
 

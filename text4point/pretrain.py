@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
-from datamodules.scannet.meta import CLASS_LABELS
 from lang3d.checkpoint import FrozenWeightsNotSaved
 from lang3d.clip import CLIPDenseImageEncoder, CLIPTextEncoder, load_clip
 from lang3d.data.sampling import seed_from_names
@@ -31,7 +30,8 @@ class Text4PointPretraining(EmptyStepsMixin, FrozenWeightsNotSaved, L.LightningM
     Args:
         clip_model / clip_pretrained: open_clip model name and weights (tag such as "openai", a local file, or
             None for random init). The image tower must be a ResNet CLIP (attention pooling).
-        class_names / prompt_template: the K texts "point cloud of [cls]." (Sec. 3.3).
+        class_names / prompt_template: the K texts "point cloud of [cls]." (Sec. 3.3); the class names come from
+            the config (``pretrain_scannet.yaml``: ScanNet's 20 benchmark classes).
         text_mode: "fixed" (frozen CLIP text embeddings of the prompts) or "random" (learnable random vectors
             instead of text: the control of the paper's Table 6).
         feature_dim: channels C of the decoder features z2D, z3D.
@@ -58,7 +58,10 @@ class Text4PointPretraining(EmptyStepsMixin, FrozenWeightsNotSaved, L.LightningM
                  seed: int = 0, image_log_interval: int = 200):
         super().__init__()
         self.save_hyperparameters()
-        class_names = list(class_names or CLASS_LABELS)
+        if not class_names:
+            raise ValueError("Text4PointPretraining needs class_names, the K classes of the prompts "
+                             "(configs/text4point/pretrain_scannet.yaml lists ScanNet's 20 benchmark classes)")
+        class_names = list(class_names)
         if text_mode not in ("fixed", "random"):
             raise ValueError(f"text_mode must be 'fixed' or 'random' for pre-training, got {text_mode!r}")
         clip, tokenizer = load_clip(clip_model, clip_pretrained)
