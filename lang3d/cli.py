@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
 
@@ -48,8 +47,7 @@ def missing_data_roots(node, key: str = "data") -> list[str]:
     if found is None:
         return []
     class_path, args = found
-    module, _, name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name, None) if module else None
+    name = class_path.rpartition(".")[2]
     root, missing = args.get("root"), []
     if isinstance(root, str) and not Path(root).expanduser().exists() and not args.get("write_builtin_data"):
         missing.append(f"{key}.root: {root} ({name})")

@@ -12,26 +12,15 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from datamodules.cap3d.objects import read_point_cloud
+from lang3d.data.image_files import read_image
 from lang3d.data.point_ops import farthest_point_sample_np, normalize_unit_sphere
 
 
 class ArithmeticInputError(ValueError):
     """A query or gallery entry that cannot be used; the message names it."""
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """uint8 [H,W,3] RGB (alpha composited on white)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArithmeticInputError(f"image {path} does not exist")
-    with Image.open(path) as image:
-        rgba = image.convert("RGBA")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return np.array(Image.alpha_composite(white, rgba).convert("RGB"))
 
 
 def load_points(path: str | Path, num_points: int) -> np.ndarray:

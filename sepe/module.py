@@ -22,7 +22,6 @@ follow the batch's object uids.
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -30,12 +29,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from lang3d.atomic import atomic_write
 from lang3d.checkpoint import FrozenWeightsNotSaved
 from lang3d.clip import load_clip
 from lang3d.data.sampling import seed_from_names
 from lang3d.lora import POINT_E_LORA_TARGETS, apply_lora
-from lang3d.ply import write_point_ply
 from lang3d.point_e import (CLIPConditioner, GaussianDiffusion, PointCloudSampler, StageConfig, build_model,
                             load_official_checkpoint, unscale_channels)
 from lang3d.render import render_views
@@ -50,27 +47,6 @@ from sepe.pointcloud_features import load_feature_network
 FUSIONS = ("concat", "cross_attention")
 TRAINABLE = ("last_blocks", "lora")
 UPSAMPLER_CONDITIONING = ("image_grid", "fused")
-
-
-def write_cloud(stem: Path, cloud: np.ndarray, prompt: str, formats=("ply", "npz")) -> list[Path]:
-    """Write cloud [6,P] (xyz data units, RGB 0..255) as ``<stem>.ply`` (float x,y,z + uchar red,green,blue, as
-    Point-E's ``write_ply``) and/or ``<stem>.npz`` (``coords`` float32 [P,3], ``colors`` uint8 [P,3], ``prompt``)."""
-    xyz = cloud[:3].T.astype(np.float32)
-    rgb = np.clip(np.round(cloud[3:].T), 0, 255).astype(np.uint8)
-    written = []
-    for fmt in formats:
-        path = stem.with_suffix(f".{fmt}")
-        if fmt == "ply":
-            write_point_ply(path, xyz, rgb)
-        elif fmt == "npz":
-            with atomic_write(path) as f:
-                np.savez(f, coords=xyz, colors=rgb, prompt=np.array(prompt))
-        else:
-            raise ValueError(f"unknown output format {fmt!r} (ply, npz)")
-        written.append(path)
-    return written
-
-
 
 
 def step_seed(seed: int, step: int, micro_batch: int, rank: int) -> int:

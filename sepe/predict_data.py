@@ -8,23 +8,18 @@ written by ``sepe.writers.GeneratedCloudWriter``.
 """
 from __future__ import annotations
 
-import re
 from functools import partial
 from pathlib import Path
 
 import lightning as L
-import numpy as np
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+
+from lang3d.data.image_files import read_image
+from lang3d.point_e.cloud_files import slug
 
 
 class PromptFileError(ValueError):
     """Prompts / images that cannot be used; the message names the file at fault."""
-
-
-def slug(text: str, max_len: int = 40) -> str:
-    """File-name-safe form of a prompt: lowercase words joined by '_' (at most ``max_len`` characters)."""
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:max_len] or "prompt"
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -37,22 +32,6 @@ def read_prompts(path: str | Path) -> list[str]:
     if not prompts:
         raise PromptFileError(f"prompts file {path} holds no prompt")
     return prompts
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """An image file -> uint8 [H,W,3] RGB (alpha composited over white, as Cap3D renders are)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PromptFileError(f"conditioning image {path} does not exist")
-    try:
-        image = Image.open(path)
-        image.load()
-    except (OSError, SyntaxError) as err:
-        raise PromptFileError(f"conditioning image {path} is not a readable image ({err})") from None
-    if image.mode in ("RGBA", "LA", "P"):
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return np.asarray(image.convert("RGB"))
 
 
 class _Prompts(Dataset):

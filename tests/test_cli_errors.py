@@ -4,7 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from lang3d.cli import missing_data_roots
 from lang3d.user_errors import project_error

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch.utils.data import DataLoader
 
