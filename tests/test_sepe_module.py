@@ -62,7 +62,9 @@ def test_diffusion_loss_falls(cap3d_root, fusion):
         opt.step()
     with torch.no_grad():
         after = module.losses(batch, gen())["diffusion"].item()
-    assert after < 0.8 * before, (before, after)
+    # observed after / before 0.58-0.63 (seeds 0-2, both fusions, 1 and 2 threads): a 37 % fall at least, asserted
+    # 15 %
+    assert after < 0.85 * before, (before, after)
 
 
 def trainable_names(module):
