@@ -96,7 +96,9 @@ def test_finetuning_learns_far_above_chance_and_test_writes_predictions(tiny_s3d
                         default_root_dir=tmp_path)
     trainer.fit(model, dm)
     miou = float(trainer.callback_metrics["val/miou"])
-    assert miou > 0.5, f"mIoU {miou:.3f} after 40 steps (chance ≈ {1 / len(CLASSES):.3f})"
+    # held-out rooms (Area 5) of the same generator; observed mIoU 0.82 / 0.76 / 0.80 (seeds 0-2, 1 thread):
+    # asserted at less than half the lowest, still ~4.5 x chance
+    assert miou > 0.35, f"mIoU {miou:.3f} after 40 steps (chance ≈ {1 / len(CLASSES):.3f})"
     trainer.test(model, dm)
     predictions = sorted(Path(trainer.log_dir, "predictions").rglob("*.ply"))
     assert [p.parent.name + "/" + p.stem for p in predictions] == sorted(dm.val_set.names)
