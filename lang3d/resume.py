@@ -3,9 +3,9 @@ every run.
 
 * ``RandomStateCheckpoint``: the global random generators (torch, CUDA, NumPy, Python) go into every checkpoint
   and come back right before training resumes, so model-side randomness (dropout, condition dropout) continues
-  as in an uninterrupted run. Data-side randomness does not need it, and the data side draws nothing from those
-  generators: samplers and datasets are seeded per (seed, epoch, index), loaders seed their workers from their
-  own generator, and training loaders resume mid-epoch (``lang3d.data.sampling``).
+  as in an uninterrupted run. Data-side randomness does not need it: samplers and datasets are seeded per (seed,
+  epoch, index), loaders seed their workers from their own generator and make their one global draw per pass
+  after this restore, and training loaders resume mid-epoch (``lang3d.data.sampling``).
 * ``TrainLoaderStateOnResume``: the training loaders get their saved state back even where Lightning skips that
   (a loader built before the checkpoint's loop state is loaded, as ``trainer.estimated_stepping_batches`` does).
 * ``CheckpointOnSigterm``: on SIGTERM (a scheduler's pre-emption, ``kill``) Lightning finishes the running

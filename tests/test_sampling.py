@@ -43,7 +43,7 @@ def test_seed_from_names_is_the_crc32_of_the_joined_names():
 # ---------------------------------------------------------------- resuming through the loader's state_dict
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.data import get_worker_info  # noqa: E402
+from torch.utils.data import DataLoader, get_worker_info  # noqa: E402
 
 from lang3d.data.sampling import EpochSeededDataset  # noqa: E402
 
@@ -104,9 +104,23 @@ def test_a_state_saved_on_an_epochs_last_batch_resumes_with_the_next_epoch_in_fu
 
 
 @pytest.mark.parametrize("shuffle", [True, False])
-def test_loaders_draw_nothing_from_the_global_generator_and_seed_workers_per_epoch(shuffle):
+def test_a_pass_draws_from_the_global_generator_as_a_stock_loader_and_seeds_workers_per_epoch(shuffle):
+    stock = DataLoader(IndexEpochWorkerSeed(), batch_size=4, num_workers=1, collate_fn=collate)
     loader = sharded_loader(IndexEpochWorkerSeed(), None, 4, shuffle, 5, 1, collate)
+    torch.manual_seed(1)
+    list(stock)
+    after_stock_pass = torch.get_rng_state()
+    torch.manual_seed(1)
+    seeds = [{s[2] for b in lightning_pass(loader, 0) for s in b}]
+    assert torch.equal(torch.get_rng_state(), after_stock_pass)  # the global stream is the stock loader's
+    seeds += [{s[2] for b in lightning_pass(loader, e) for s in b} for e in (0, 1)]
+    assert seeds[0] == seeds[1] and seeds[0] != seeds[2]  # worker seeds follow (seed, epoch), not the global state
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_pass_resuming_an_epoch_mid_way_draws_nothing_from_the_global_generator(num_workers):
+    loader = sharded_loader(IndexEpochWorkerSeed(), None, 3, True, 5, num_workers, collate)
+    loader.load_state_dict({"epoch": 1, "batches_done": 2})
     state = torch.get_rng_state()
-    seeds = [{s[2] for b in lightning_pass(loader, e) for s in b} for e in (0, 0, 1)]
-    assert torch.equal(torch.get_rng_state(), state)
-    assert seeds[0] == seeds[1] and seeds[0] != seeds[2]  # worker seeds follow (seed, epoch)
+    list(lightning_pass(loader, 1))
+    assert torch.equal(torch.get_rng_state(), state)  # its draw came before the checkpoint the state is from

@@ -6,9 +6,13 @@ epoch on to an ``EpochSeededDataset``, whose per-sample random draws (augmentati
 only on (seed, epoch, index) as well. Evaluation loaders
 (``shuffle=False``) split the samples without padding, so under DDP every sample is scored exactly once.
 
-The loaders draw nothing from the global random generators: the base seed of a pass's worker processes comes from
-the loader's own generator, seeded by (seed, epoch, rank) when the pass begins. A pass begins at its first batch
-(not at ``iter(loader)``), so it follows the epoch Lightning set last, in worker processes too.
+A pass begins at its first batch (not at ``iter(loader)``), so it follows the epoch Lightning set last, in worker
+processes too. The base seed of its worker processes comes from the loader's own generator, seeded by (seed,
+epoch, rank). Like a stock DataLoader, a pass draws one number from the global torch generator when it begins, so
+the global random stream (dropout and other model-side draws) stays the one a stock loader gives; that happens
+after Lightning has restored a resumed run's random state, so a run resumed from an epoch's last step draws it
+where the uninterrupted run did, and a pass that resumes an epoch mid-way does not draw it again (the restored
+state already follows the draw made before the checkpoint).
 
 Training loaders are resumable mid-epoch through Lightning's public stateful-loader protocol: Lightning stores
 their ``state_dict`` (epoch, batches this loader has handed out in that epoch's pass) in every checkpoint and hands
@@ -65,7 +69,7 @@ class _EvalSampler(_ForwardEpoch, UnrepeatedDistributedSampler):
 
 class _SeededLoader(DataLoader):
     """A DataLoader whose pass begins at its first batch, with the workers' base seed drawn from its own generator
-    seeded by (seed, epoch, rank): the global random generators are left alone."""
+    seeded by (seed, epoch, rank)."""
 
     def __init__(self, dataset: Dataset, **options):
         super().__init__(dataset, generator=torch.Generator(), **options)
@@ -73,8 +77,11 @@ class _SeededLoader(DataLoader):
     def __iter__(self) -> Iterator:
         return self._pass()
 
-    def _begin_pass(self) -> None:
-        """Called when the pass's first batch is asked for, before the sampler is read."""
+    def _begin_pass(self, resumed: bool = False) -> None:
+        """Called when the pass's first batch is asked for, before the sampler is read; ``resumed``: the pass
+        continues an epoch begun before the checkpoint the run resumed from."""
+        if not resumed:  # the draw a stock DataLoader makes for its base seed: the global stream stays as it was
+            torch.empty((), dtype=torch.int64).random_()
         sampler = self.sampler
         self.generator.manual_seed(int(np.random.SeedSequence([sampler.seed % 2**63, sampler.epoch, sampler.rank])
                                        .generate_state(1)[0]))
@@ -102,13 +109,13 @@ class _ResumableLoader(_SeededLoader):
         self._resume_at = (self._epoch, self._batches_done)
         self.sampler.set_epoch(self._epoch)  # Lightning sets the epoch it continues with before the pass begins
 
-    def _begin_pass(self) -> None:
-        super()._begin_pass()
+    def _begin_pass(self, resumed: bool = False) -> None:
         epoch = self.sampler.epoch
         done = self._resume_at[1] if self._resume_at is not None and self._resume_at[0] == epoch else 0
         self._resume_at = None
         self._epoch, self._batches_done = epoch, done
         self.sampler.start = done * self.batch_size
+        super()._begin_pass(resumed=done > 0)
 
     def _pass(self) -> Iterator:
         for batch in super()._pass():
