@@ -239,6 +239,9 @@ CUDA_PATCHES = [
     # CUDA 13: cudaMemPrefetchAsync(ptr, size, cudaMemLocation, flags, stream).
     ("src/3rdparty/concurrent_unordered_map.cuh", "cudaMemPrefetchAsync(", "lang3d_prefetch_to_device(", 3),
     ("src/3rdparty/concurrent_unordered_map.cuh", "#define CONCURRENT_UNORDERED_MAP_CUH\n", PREFETCH_HELPER, 1),
+    # torch >= 2.13's ATen/cuda/CUDAUtils.h needs a complete at::Tensor: include ATen before it.
+    ("src/spmm.cu", "#include <ATen/cuda/CUDAContext.h>\n#include <ATen/cuda/CUDAUtils.h>\n",
+     "#include <ATen/ATen.h>\n#include <ATen/cuda/CUDAContext.h>\n#include <ATen/cuda/CUDAUtils.h>\n", 1),
     # shared_ptr from the released pointer and its deleter instead of from the unique_ptr: libstdc++'s
     # shared_ptr(unique_ptr&&) calls __to_address unqualified, ambiguous with CCCL 3's cuda::std::__to_address.
     ("src/coordinate_map_gpu.cuh",
