@@ -1,6 +1,6 @@
-"""Text4Point instance segmentation (PointGroup head): offset losses and ScoreNet against naive loops, the soft
-score targets, instance ids through the S3DIS datamodule, learning on a synthetic room, files written by `test`,
-TensorBoard, and the configs through the CLI as `make finetune-s3dis-ins` runs them."""
+"""Text4Point instance segmentation (PointGroup head): offset losses and ScoreNet against naive loops, the soft score
+targets, instance ids through the S3DIS datamodule, fitting a synthetic room (scored on its copy), files written by
+`test`, TensorBoard, and the configs through the CLI as `make finetune-s3dis-ins` runs them."""
 import shutil
 from pathlib import Path
 
@@ -120,7 +120,7 @@ def test_datamodule_carries_instance_ids_per_room(rooms):
     assert not {"instance", "point_instance"} & set(next(iter(plain.val_dataloader())))
 
 
-def test_instance_segmentation_learns_a_room_and_test_writes_scannet_style_files(rooms, tmp_path):
+def test_instance_segmentation_fits_a_room_and_test_writes_scannet_style_files(rooms, tmp_path):
     """40 steps on one room (evaluated on its copy): mAP@0.5 well above zero, and the four walls, which touch at
     the corners and so form ONE cluster on the original coordinates, come out as separate instances: that takes
     the learned offsets (shifted coordinates)."""
