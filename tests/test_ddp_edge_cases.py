@@ -23,7 +23,7 @@ from datamodules.synthetic.modelnet40 import generate_modelnet40
 from datamodules.synthetic.scannet import generate_scannet
 from lang3d.sync_batchnorm import SyncBatchNorm, rows_left_out
 from pointbind.retrieval import EmbeddingBank
-from test_ddp_pipelines import _cap3d, fit_ddp, reports
+from test_ddp_pipelines import _cap3d, check_metrics, evaluate_alone, fit_ddp, reports
 
 pytestmark = pytest.mark.ddp
 
@@ -188,6 +188,21 @@ def test_pointbind_rank_with_all_samples_skipped_takes_a_zero_step(cap3d, tmp_pa
     fit_ddp(config, run, "--trainer.max_steps", "-1", "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0")
     check_steps(run, steps=3, unchanged=(1,))
     check_finite(run)
+
+
+def test_pointbind_validation_set_smaller_than_the_ranks(cap3d, tmp_path):
+    """One validation object for two ranks: rank 1's shard is empty, so it evaluates one empty batch and still joins
+    the gathers at the end of the epoch (Lightning's unpadded sampler refused an empty shard, and a rank without
+    batches skips the whole loop). Both ranks report the one object's scores, equal to one process's."""
+    alignment = "--data.init_args.alignment.init_args"
+    config = pointbind_config(cap3d, f"{alignment}.max_train_objects", "4", f"{alignment}.max_val_objects", "1",
+                              "--data.init_args.zeroshot", "null")   # 2 steps, then validation at the epoch's end
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    fit_ddp(config, ddp, "--trainer.max_epochs", "1")
+    evaluate_alone("validate", config, single, ddp / "ckpt" / "last.ckpt")
+    metrics = check_metrics(ddp, single, "validate", "val")
+    assert {"val/loss", "val_retrieval_pairs/3d_to_text/R@1"} <= metrics.keys()
+    assert metrics["val_retrieval_pairs/3d_to_text/R@1"] == 1.0   # one item: its own caption is the only one
 
 
 # ---------------------------------------------------------------- Text4Point pre-training

@@ -30,6 +30,22 @@ def test_evaluation_shards_partition_the_samples():
     assert len(sum(train, [])) == 9 and set(sum(train, [])) == set(data)  # training pads to equal shards
 
 
+def test_an_evaluation_set_smaller_than_the_ranks_gives_the_empty_ranks_one_empty_batch():
+    def collate(samples):
+        return {"n": len(samples), "items": list(samples)}
+
+    for size, world in ((1, 2), (2, 3), (0, 2), (5, 2)):
+        data = list(range(size))
+        loaders = [sharded_loader(data, FakeTrainer(world, r), 2, False, 0, 0, collate) for r in range(world)]
+        batches = [list(loader) for loader in loaders]
+        assert sorted(i for b in batches for batch in b for i in batch["items"]) == data   # each sample once
+        for rank, (loader, got) in enumerate(zip(loaders, batches)):
+            shard = data[rank::world]
+            assert len(loader) == len(got) == max(1, -(-len(shard) // 2))   # Lightning counts what is served
+            if not shard:
+                assert got == [{"n": 0, "items": []}], (size, world, rank)
+
+
 def test_seed_from_names_is_the_crc32_of_the_joined_names():
     import zlib
 

@@ -27,7 +27,6 @@ from typing import Callable, Iterator, Sequence
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
@@ -63,8 +62,18 @@ class _TrainSampler(_ForwardEpoch, DistributedSampler):
         return iter(list(super().__iter__())[start:])
 
 
-class _EvalSampler(_ForwardEpoch, UnrepeatedDistributedSampler):
-    """In order, unpadded: every sample on exactly one rank."""
+class _EvalSampler(_ForwardEpoch, DistributedSampler):
+    """In order, unpadded: rank r takes samples r, r + W, r + 2W, ... of W ranks, so every sample is on exactly one
+    rank; a rank holds none when the set is smaller than the number of ranks."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool = False, seed: int = 0,
+                 drop_last: bool = False):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, seed=seed, drop_last=False)
+        self.num_samples = len(range(rank, len(dataset), num_replicas))
+        self.total_size = len(dataset)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
 
 
 class _SeededLoader(DataLoader):
@@ -89,6 +98,22 @@ class _SeededLoader(DataLoader):
     def _pass(self) -> Iterator:
         self._begin_pass()
         yield from super().__iter__()
+
+
+class _EvalLoader(_SeededLoader):
+    """An evaluation loader. A rank whose shard is empty (an evaluation set smaller than the number of ranks) gets
+    one empty batch, ``collate_fn([])``: it still runs the evaluation loop (Lightning skips the loop, hooks included,
+    on a rank without batches) and so joins the other ranks' collectives at the end of the epoch."""
+
+    def __len__(self) -> int:
+        return max(super().__len__(), 1)
+
+    def _pass(self) -> Iterator:
+        if len(self.sampler) == 0:
+            self._begin_pass()
+            yield self.collate_fn([])
+        else:
+            yield from super()._pass()
 
 
 class _ResumableLoader(_SeededLoader):
@@ -134,7 +159,7 @@ def sharded_loader(dataset: Dataset, trainer: L.Trainer | None, batch_size: int,
     # augmentations, set through ``set_epoch``) reaches them.
     options = dict(batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate_fn,
                    drop_last=drop_last, persistent_workers=False, pin_memory=False)
-    return (_ResumableLoader if shuffle else _SeededLoader)(dataset, **options)
+    return (_ResumableLoader if shuffle else _EvalLoader)(dataset, **options)
 
 
 def seed_from_names(names: Sequence[str]) -> int:
