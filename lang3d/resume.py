@@ -161,7 +161,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 named.unlink(missing_ok=True)
                 # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N names the unnamed file (os.link takes that path
                 # when given a directory descriptor)
-                os.link(f"/proc/self/fd/{file.fileno()}", named.name, dst_dir_fd=folder)
-            os.replace(named, path)
+                try:
+                    os.link(f"/proc/self/fd/{file.fileno()}", named.name, dst_dir_fd=folder)
+                except OSError:  # some file systems (overlays) refuse to name an unnamed file: EXDEV
+                    named = None
+            if named is None:
+                with atomic_write(path) as fallback:
+                    torch.save(checkpoint, fallback)
+            else:
+                os.replace(named, path)
         finally:
             os.close(folder)
