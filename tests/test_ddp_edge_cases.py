@@ -8,15 +8,14 @@ rows (an empty input, or a placeholder left out of the statistics) against torch
 rows, and ``EmbeddingBank`` with a rank holding nothing against the rows of one process. A hang fails through
 ``run_ddp``'s timeout or the process group's. The uneven-batch InfoNCE is tested in test_pointbind_losses.py.
 """
-from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DistributedSampler
 
+from gloo_ranks import on_gloo_ranks
 from datamodules.cap3d import Cap3DDataModule
 from datamodules.synthetic.cap3d import POINT_DIR, generate_cap3d
 from datamodules.synthetic.modelnet40 import generate_modelnet40
@@ -77,20 +76,15 @@ def _bank_rank(rank: int, counts: tuple[int, int]) -> dict | None:
 BANK_COUNTS = [(3, 0), (0, 2), (3, 1), (0, 0)]
 
 
-def _collectives(rank: int, store: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=60))   # a collective left waiting fails instead of hanging
+def _collectives(rank: int) -> dict:
     results = {case: _batchnorm_rank(rank, case) for case in ("empty", "left_out")}
     results["bank"] = [_bank_rank(rank, counts) for counts in BANK_COUNTS]
-    torch.save(results, f"{out}.{rank}")
-    dist.destroy_process_group()
+    return results
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("collectives")
-    mp.spawn(_collectives, args=(str(tmp / "store"), str(tmp / "out")), nprocs=2, join=True)
-    return [torch.load(tmp / f"out.{r}", weights_only=False) for r in range(2)]
+    return on_gloo_ranks(_collectives, tmp_path_factory.mktemp("collectives"))
 
 
 @pytest.mark.parametrize("case", ["empty", "left_out"])

@@ -1,14 +1,12 @@
 """Point-Bind loss and projection: InfoNCE against loops, the gathered loss under two gloo ranks (even, uneven
 and empty shares), the head."""
 import math
-from datetime import timedelta
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from gloo_ranks import on_gloo_ranks
 from pointbind.head import LogitScale, ProjectionHead
 from pointbind.loss import alignment_loss
 
@@ -64,9 +62,7 @@ def global_batch_loss(point, text, image, scale, image_weight):
 SPLITS = [(4, 4), (4, 3), (0, 5)]   # rows per rank; (0, 5): rank 0's samples were all skipped
 
 
-def _rank(rank: int, store: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=60))   # a collective left waiting fails instead of hanging
+def _rank(rank: int) -> list[dict]:
     results = []
     for split in SPLITS:
         rows = slice(sum(split[:rank]), sum(split[:rank + 1]))
@@ -75,15 +71,12 @@ def _rank(rank: int, store: str, out: str) -> None:
         loss = alignment_loss(point, text, image, scale, image_weight=0.5)["loss"]
         loss.backward()
         results.append({"loss": loss.detach(), "grads": [t.grad for t in (point, text, image)], "scale": scale.grad})
-    torch.save(results, f"{out}.{rank}")
-    dist.destroy_process_group()
+    return results
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("gathered_loss")
-    mp.spawn(_rank, args=(str(tmp / "store"), str(tmp / "out")), nprocs=2, join=True)
-    return [torch.load(tmp / f"out.{r}") for r in range(2)]
+    return on_gloo_ranks(_rank, tmp_path_factory.mktemp("gathered_loss"))
 
 
 @pytest.mark.parametrize("case", range(len(SPLITS)), ids=[f"{a}+{b}" for a, b in SPLITS])

@@ -2,16 +2,15 @@
 whole batch (outputs, input gradients, DDP-averaged parameter gradients, running statistics), the sparse layer in
 a Res16UNet BasicBlock against the plain block on all scenes at once, conversion, and the single-process
 fallbacks. float64 throughout, so the tolerances are tight."""
-from datetime import timedelta
 
 import lightning as L
 import MinkowskiEngine as ME
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
+from gloo_ranks import on_gloo_ranks
 from lang3d.backbones.res16unet import BasicBlock
 from lang3d.sparse_index import lookup_rows
 from lang3d.sync_batchnorm import (SparseSyncBatchNorm, SyncBatchNorm, convert_sync_batchnorm,
@@ -143,21 +142,16 @@ def _offset_rank(rank):
     return _stats(bn)
 
 
-def _rank(rank, store, out):
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD,
-                            timeout=timedelta(seconds=60))
+def _rank(rank):
     results = {name: _dense_rank(rank, *case[:2], case[2]) for name, case in DENSE.items()}
     results["offset"] = _offset_rank(rank)
     results["sparse"] = _sparse_rank(rank)
-    torch.save(results, f"{out}.{rank}")
-    dist.destroy_process_group()
+    return results
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("syncbn")
-    mp.spawn(_rank, args=(str(tmp / "store"), str(tmp / "out")), nprocs=WORLD, join=True)
-    return [torch.load(tmp / f"out.{r}", weights_only=False) for r in range(WORLD)]
+    return on_gloo_ranks(_rank, tmp_path_factory.mktemp("syncbn"), WORLD)
 
 
 def _reference_bn(shape, options):
