@@ -28,12 +28,19 @@ def _import_project() -> None:
     import text4point  # noqa: F401
 
 
+def settings_arguments(settings: dict) -> dict:
+    """The arguments of a plain-dict class setting ``{class_path, init_args}``: ``init_args`` updated by any key
+    beside ``class_path`` (a command-line override such as ``--data.init_args.alignment.init_args.root X`` reaches
+    a dict setting as ``root`` beside ``class_path``)."""
+    extra = {k: v for k, v in settings.items() if k not in ("class_path", "init_args")}
+    return {**(settings.get("init_args") or {}), **extra}
+
+
 def _class_and_args(node) -> tuple[str, dict] | None:
     """(class_path, arguments) of a config node naming a class: a jsonargparse namespace with class_path /
     init_args, or a plain dict, whose arguments may also sit beside class_path (how command-line overrides land)."""
     if isinstance(node, dict) and node.get("class_path"):
-        extra = {k: v for k, v in node.items() if k not in ("class_path", "init_args")}
-        return node["class_path"], {**(node.get("init_args") or {}), **extra}
+        return node["class_path"], settings_arguments(node)
     if hasattr(node, "get") and node.get("class_path") and node.get("init_args") is not None:
         return node["class_path"], dict(vars(node["init_args"]))
     return None

@@ -8,18 +8,13 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader
 
+from lang3d.cli import settings_arguments
+
 DataModuleSettings = dict[str, Any]  # {"class_path": "package.Class", "init_args": {...}}
 
 
 class DataSettingsError(ValueError):
     """A part's settings name no LightningDataModule, or arguments that it does not take."""
-
-
-def _init_args(settings: DataModuleSettings) -> dict[str, Any]:
-    """A part's arguments: ``init_args`` updated by any key beside ``class_path`` (a command-line override such as
-    ``--data.init_args.alignment.init_args.root X`` reaches the settings dict as ``root`` beside ``class_path``)."""
-    extra = {k: v for k, v in settings.items() if k not in ("class_path", "init_args")}
-    return {**(settings.get("init_args") or {}), **extra}
 
 
 def _check_settings(name: str, settings: DataModuleSettings) -> type[L.LightningDataModule]:
@@ -34,7 +29,7 @@ def _check_settings(name: str, settings: DataModuleSettings) -> type[L.Lightning
         raise DataSettingsError(f"data.{name}.class_path: cannot import {settings['class_path']!r} ({e})") from e
     if not (isinstance(cls, type) and issubclass(cls, L.LightningDataModule)):
         raise DataSettingsError(f"data.{name}.class_path: {settings['class_path']} is not a LightningDataModule")
-    init_args = _init_args(settings)
+    init_args = settings_arguments(settings)
     accepted = inspect.signature(cls).parameters
     unknown = sorted(set(init_args) - set(accepted))
     if unknown:
@@ -78,7 +73,7 @@ class PointBindDataModule(L.LightningDataModule):
         if name not in self._built:
             settings = self._settings[name]
             cls = _check_settings(name, settings)
-            self._built[name] = cls(**_init_args(settings))
+            self._built[name] = cls(**settings_arguments(settings))
         part = self._built[name]
         if part is not None:
             part.trainer = self.trainer  # the parts shard their loaders over the trainer's ranks
