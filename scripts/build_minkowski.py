@@ -3,6 +3,8 @@
 The 0.5.4 sdist (the last release) needs source fixes on this stack, applied as text edits of the unpacked
 sdist that stop the build when the expected text is not there:
   * Python >= 3.10: ``from collections import Sequence`` -> ``collections.abc`` (five files);
+  * setup.py runs ``pip uninstall MinkowskiEngine`` before building: dropped, so building a wheel (``--no-install``
+    included) never removes the environment's installed one;
   * CUDA >= 12: missing thrust includes; CUDA > 12.2: NVTX3 header clashes (``-DNVTX_DISABLE`` in setup.py's
     own nvcc / cxx flags: flags from the environment never reach torch's extension builder);
   * CUDA 13 / CCCL 3: ``thrust::unary_function`` is gone; ``cudaMemPrefetchAsync`` takes a ``cudaMemLocation``
@@ -269,6 +271,7 @@ def replace_exactly(path: Path, old: str, new: str, count: int) -> None:
 
 
 def patch_sources(src: Path, cuda: bool) -> None:
+    replace_exactly(src / "setup.py", 'run_command("pip", "uninstall", "MinkowskiEngine", "-y")\n', "", 1)
     for rel in COLLECTIONS_FIX_FILES:
         path = src / rel
         path.write_text(fix_collections_import(path.read_text()))
@@ -303,8 +306,7 @@ def build_in(tmp: Path, out: Path, cuda: bool) -> Path:
     else:
         env["CUDA_HOME"] = ""  # keep torch's extension builder from picking nvcc up
         args += ["--cpu_only"]
-    # setup.py runs `pip uninstall MinkowskiEngine`: make that the environment's own pip.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"   # the environment's own tools
     run(args, cwd=src, env=env)
     wheel = next((src / "dist").glob("*.whl"))
     out.mkdir(parents=True, exist_ok=True)

@@ -105,6 +105,27 @@ def test_stride_plan_and_output_rows(model):
     assert out.coordinate_map_key == x.coordinate_map_key
 
 
+def test_width_scales_every_layer_and_keeps_the_plan():
+    """width 0.25: stem 8, encoder 8/16/32/64, decoder 64/32/24/24; same strides and output rows as width 1."""
+    narrow = Res16UNet34C(IN_CH, OUT_CH, width=0.25)
+    assert (narrow.encoder_channels, narrow.decoder_channels) == (64, 24)
+    assert tuple(narrow.encoder.stem.conv.kernel.shape) == (27, IN_CH, 8)
+    assert [stage.blocks[-1].conv2.kernel.shape[-1] for stage in narrow.encoder.stages] == [8, 16, 32, 64]
+    assert [stage.blocks[-1].conv2.kernel.shape[-1] for stage in narrow.decoder.stages] == [64, 32, 24, 24]
+    total = sum(p.numel() for p in narrow.parameters())
+    assert 37.85e6 / 20 < total < 37.85e6 / 12   # ~ width² of the published network's parameters
+    x = _input()
+    narrow.eval()
+    with torch.no_grad():
+        h, skips = narrow.encode(x)
+        out = narrow.decode(h, skips)
+    assert list(h.tensor_stride) == [16, 16, 16] and h.F.shape[1] == 64
+    assert [s.F.shape[1] for s in skips] == [8, 8, 16, 32]
+    assert out.F.shape == (x.F.shape[0], OUT_CH) and torch.equal(out.C, x.C)
+    with pytest.raises(ValueError, match="width"):
+        Res16UNet34C(IN_CH, OUT_CH, width=0.0)
+
+
 def test_forward_backward_finite_gradients(model):
     model.train()
     model.zero_grad()

@@ -48,13 +48,15 @@ class LanguageGuidedNet(nn.Module):
             Res16UNet34C file (path, tag such as ``pointcontrast_nce``, or its ``lang3d convert`` output): only the
             SR-UNet34 is loaded, converted from ME 0.4's layout (``lang3d.convert.pointcontrast``). None: from
             scratch.
+        width: the SR-UNet34's channel scale (1.0: the published network, what pre-trained weights need).
     """
 
     def __init__(self, class_names: list[str], out_channels: int, clip_model: str = "RN50",
                  clip_pretrained: str | None = "openai", text_mode: str = "learned", n_ctx: int = 8,
                  prompt_template: str = "point cloud of {}.", use_tqm: bool = True, tqm_heads: int = 1,
                  in_channels: int = 3, stem_kernel_size: int = 3, bn_momentum: float = 0.05,
-                 pretrained: str | None = None, reinit_prefixes: tuple[str, ...] = ("backbone.head.",)):
+                 pretrained: str | None = None, reinit_prefixes: tuple[str, ...] = ("backbone.head.",),
+                 width: float = 1.0):
         super().__init__()
         if text_mode not in PROMPT_KINDS:
             raise ValueError(f"text_mode must be one of {PROMPT_KINDS}, got {text_mode!r}")
@@ -63,7 +65,8 @@ class LanguageGuidedNet(nn.Module):
         options = {"learned": {"n_ctx": n_ctx}, "fixed": {"template": prompt_template}, "random": {}}[text_mode]
         self.text = build_class_embeddings(text_mode, text_encoder, list(class_names), **options)
         self.net = Text4PointNet(in_channels, out_channels, text_encoder.embed_dim, use_tqm=use_tqm,
-                                 tqm_heads=tqm_heads, stem_kernel_size=stem_kernel_size, bn_momentum=bn_momentum)
+                                 tqm_heads=tqm_heads, stem_kernel_size=stem_kernel_size, bn_momentum=bn_momentum,
+                                 width=width)
         if pretrained and is_res16unet_file(pretrained):
             report = load_res16unet_weights(self.net.backbone, pretrained)
             rank_zero_info(f"SR-UNet34 weights from {pretrained} (PointContrast / CSC):\n{report.summary()}")

@@ -16,7 +16,7 @@ ENCODER_STRIDE = 16  # tensor stride of the SR-UNet34 encoder output h3D (four s
 
 @dataclass
 class Text4PointFeatures:
-    """h3d: encoder output (stride 16, d' = 256 ch); h3d_expanded: [N16, d] FC_expand(h3D) (Eq. 4);
+    """h3d: encoder output (stride 16, d' = 256 ch at width 1); h3d_expanded: [N16, d] FC_expand(h3D) (Eq. 4);
     z3d: decoder output (stride 1, out_channels), same rows as the input."""
 
     h3d: ME.SparseTensor
@@ -28,15 +28,15 @@ class Text4PointNet(nn.Module):
     """in_channels: input voxel features; out_channels: decoder output C; text_dim: CLIP embedding width d.
 
     use_tqm=False gives the plain SR-UNet (the ablation baseline): FC_expand is still computed for the
-    encoder-level alignment, but nothing is added to h3D.
+    encoder-level alignment, but nothing is added to h3D. width: the SR-UNet34's channel scale (1.0: published).
     """
 
     def __init__(self, in_channels: int, out_channels: int, text_dim: int, use_tqm: bool = True,
                  tqm_heads: int = 1, tqm_mlp_ratio: float = 4.0, alpha_init: float = 1.0, beta_init: float = 1.0,
-                 stem_kernel_size: int = 3, bn_momentum: float = 0.05):
+                 stem_kernel_size: int = 3, bn_momentum: float = 0.05, width: float = 1.0):
         super().__init__()
         self.backbone = Res16UNet34C(in_channels, out_channels, stem_kernel_size=stem_kernel_size,
-                                     bn_momentum=bn_momentum)
+                                     bn_momentum=bn_momentum, width=width)
         d_enc = self.backbone.encoder_channels
         self.fc_expand = nn.Linear(d_enc, text_dim)
         self.use_tqm = use_tqm

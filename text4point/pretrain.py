@@ -42,6 +42,7 @@ class Text4PointPretraining(EmptyStepsMixin, FrozenWeightsNotSaved, L.LightningM
         lr_decay, lr_decay_steps: exponential schedule lr·decay^(step / lr_decay_steps) (PointContrast's recipe, which
             the paper follows: 0.99 every 1,000 iterations).
         use_tqm: the Text Querying Module on/off.
+        width: the SR-UNet34's channel scale (1.0: the published network; the paper's).
         seed: seeds the per-step pair sampling (so a resumed run samples the same pairs).
         image_log_interval: steps between TensorBoard overlays of matched voxels (0: never).
     """
@@ -55,7 +56,7 @@ class Text4PointPretraining(EmptyStepsMixin, FrozenWeightsNotSaved, L.LightningM
                  depth_loss_weight: float = 1.0, decoder_width: int = 256, lr: float = 0.1, momentum: float = 0.9,
                  weight_decay: float = 1e-4, lr_decay: float = 0.99, lr_decay_steps: int = 1000,
                  use_tqm: bool = True, tqm_heads: int = 1, stem_kernel_size: int = 3, bn_momentum: float = 0.05,
-                 seed: int = 0, image_log_interval: int = 200):
+                 width: float = 1.0, seed: int = 0, image_log_interval: int = 200):
         super().__init__()
         self.save_hyperparameters()
         if not class_names:
@@ -71,7 +72,7 @@ class Text4PointPretraining(EmptyStepsMixin, FrozenWeightsNotSaved, L.LightningM
         d = self.image_encoder.embed_dim
         self.image_decoder = ImageDecoder(d, feature_dim, decoder_width)
         self.net = Text4PointNet(in_channels, feature_dim, d, use_tqm=use_tqm, tqm_heads=tqm_heads,
-                                 stem_kernel_size=stem_kernel_size, bn_momentum=bn_momentum)
+                                 stem_kernel_size=stem_kernel_size, bn_momentum=bn_momentum, width=width)
         self._skipped: Counter = Counter()
 
     # ---------------------------------------------------------------- forward and losses

@@ -104,15 +104,21 @@ class DecoderStage(nn.Module):
         return self.blocks(ME.cat(self.up(x), skip))
 
 
-class Res16Encoder(nn.Module):
-    """Stem + 4 encoder stages. Returns h at stride 16 (256 ch) and skips at strides 1, 2, 4, 8."""
+def scaled(planes: tuple[int, ...], width: float) -> tuple[int, ...]:
+    """Channel counts ``planes`` × ``width``, rounded, at least 1 each."""
+    return tuple(max(1, round(p * width)) for p in planes)
 
-    def __init__(self, in_channels: int, stem_kernel_size: int, bn_momentum: float):
+
+class Res16Encoder(nn.Module):
+    """Stem + 4 encoder stages. Returns h at stride 16 (256 × width ch) and skips at strides 1, 2, 4, 8."""
+
+    def __init__(self, in_channels: int, stem_kernel_size: int, bn_momentum: float, width: float = 1.0):
         super().__init__()
         self.in_channels = in_channels
-        self.stem = ConvNormAct(_conv(in_channels, STEM_PLANES, stem_kernel_size), STEM_PLANES, bn_momentum)
-        stages, c = [], STEM_PLANES
-        for planes, n in zip(ENCODER_PLANES, ENCODER_BLOCKS):
+        stem = scaled((STEM_PLANES,), width)[0]
+        self.stem = ConvNormAct(_conv(in_channels, stem, stem_kernel_size), stem, bn_momentum)
+        stages, c = [], stem
+        for planes, n in zip(scaled(ENCODER_PLANES, width), ENCODER_BLOCKS):
             stages.append(EncoderStage(c, planes, n, bn_momentum))
             c = planes
         self.stages = nn.ModuleList(stages)
@@ -135,13 +141,14 @@ class Res16Encoder(nn.Module):
 
 
 class Res16Decoder(nn.Module):
-    """4 decoder stages: h at stride 16 + skips (strides 1, 2, 4, 8) -> features at stride 1 (96 ch)."""
+    """4 decoder stages: h at stride 16 + skips (strides 1, 2, 4, 8) -> features at stride 1 (96 × width ch)."""
 
-    def __init__(self, bn_momentum: float):
+    def __init__(self, bn_momentum: float, width: float = 1.0):
         super().__init__()
-        skip_channels = (ENCODER_PLANES[2], ENCODER_PLANES[1], ENCODER_PLANES[0], STEM_PLANES)  # 128, 64, 32, 32
-        stages, c = [], ENCODER_PLANES[-1]
-        for planes, n, c_skip in zip(DECODER_PLANES, DECODER_BLOCKS, skip_channels):
+        encoder = scaled(ENCODER_PLANES, width)
+        skip_channels = (encoder[2], encoder[1], encoder[0], scaled((STEM_PLANES,), width)[0])  # 128, 64, 32, 32
+        stages, c = [], encoder[-1]
+        for planes, n, c_skip in zip(scaled(DECODER_PLANES, width), DECODER_BLOCKS, skip_channels):
             stages.append(DecoderStage(c, c_skip, planes, n, bn_momentum))
             c = planes
         self.stages = nn.ModuleList(stages)
@@ -166,12 +173,13 @@ class Res16UNet34C(nn.Module):
     ``encode``: x (stride 1, [N, in_channels]) -> h3D (stride 16, 256 ch) and 4 skips.
     ``decode``: -> z3D (stride 1, [N, out_channels]) on x's coordinate map (same rows, same order).
     State-dict prefixes: ``encoder.``, ``decoder.``, ``head.``.
+
+    ``width`` scales every layer's channels (1.0: the published network; the tests at shipped batch sizes use
+    narrower ones to fit a CPU's memory); ``encoder_channels`` / ``decoder_channels`` give the result.
     """
 
-    encoder_channels = ENCODER_PLANES[-1]
-    decoder_channels = DECODER_PLANES[-1]
-
-    def __init__(self, in_channels: int, out_channels: int, stem_kernel_size: int = 3, bn_momentum: float = 0.05):
+    def __init__(self, in_channels: int, out_channels: int, stem_kernel_size: int = 3, bn_momentum: float = 0.05,
+                 width: float = 1.0):
         super().__init__()
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"Res16UNet34C: channels must be >= 1, got in={in_channels}, out={out_channels}")
@@ -180,10 +188,14 @@ class Res16UNet34C(nn.Module):
                 f"Res16UNet34C: stem_kernel_size must be >= 1 and bn_momentum in [0, 1], "
                 f"got {stem_kernel_size}, {bn_momentum}"
             )
+        if not width > 0:
+            raise ValueError(f"Res16UNet34C: width must be > 0, got {width}")
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.encoder = Res16Encoder(in_channels, stem_kernel_size, bn_momentum)
-        self.decoder = Res16Decoder(bn_momentum)
+        self.encoder_channels = scaled(ENCODER_PLANES, width)[-1]
+        self.decoder_channels = scaled(DECODER_PLANES, width)[-1]
+        self.encoder = Res16Encoder(in_channels, stem_kernel_size, bn_momentum, width)
+        self.decoder = Res16Decoder(bn_momentum, width)
         self.head = ME.MinkowskiConvolution(
             self.decoder_channels, out_channels, kernel_size=1, bias=True, dimension=D
         )
@@ -203,11 +215,11 @@ class Res16UNet34C(nn.Module):
                 nn.init.constant_(m.bn.bias, 0.0)
 
     def encode(self, x: ME.SparseTensor) -> tuple[ME.SparseTensor, list[ME.SparseTensor]]:
-        """x [N, in_channels] at stride 1 -> (h3D [M, 256] at stride 16, skips at strides 1, 2, 4, 8)."""
+        """x [N, in_channels] at stride 1 -> (h3D [M, encoder_channels] at stride 16, skips at strides 1, 2, 4, 8)."""
         return self.encoder(x)
 
     def decode(self, h: ME.SparseTensor, skips: list[ME.SparseTensor]) -> ME.SparseTensor:
-        """h3D (stride 16, 256 ch) + skips -> z3D [N, out_channels] at stride 1, rows as the input."""
+        """h3D (stride 16, encoder_channels) + skips -> z3D [N, out_channels] at stride 1, rows as the input."""
         return self.head(self.decoder(h, skips))
 
     def forward(self, x: ME.SparseTensor) -> ME.SparseTensor:
