@@ -16,9 +16,9 @@ from dataclasses import replace
 
 import torch
 
-from lang3d.point_e.models import build_model
-from lang3d.point_e.sampler import PointCloudSampler
-from lang3d.timing import record, timed
+from lang3d.models.point_e.models import build_model
+from lang3d.models.point_e.sampler import PointCloudSampler
+from lang3d.training.timing import record, timed
 
 
 def main() -> None:

@@ -17,10 +17,10 @@ from dataclasses import replace
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from lang3d.point_e.diffusion import GaussianDiffusion
-from lang3d.point_e.models import build_model
-from lang3d.point_e.sampler import BASE_STAGE, PointCloudSampler
-from lang3d.timing import record, timed
+from lang3d.models.point_e.diffusion import GaussianDiffusion
+from lang3d.models.point_e.models import build_model
+from lang3d.models.point_e.sampler import BASE_STAGE, PointCloudSampler
+from lang3d.training.timing import record, timed
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:

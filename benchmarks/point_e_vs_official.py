@@ -23,9 +23,9 @@ import time
 import torch
 from torch import nn
 
-from lang3d.point_e.models import build_model
-from lang3d.point_e.transformer import timestep_embedding
-from lang3d.timing import record
+from lang3d.models.point_e.models import build_model
+from lang3d.models.point_e.transformer import timestep_embedding
+from lang3d.training.timing import record
 
 
 def official_base40M(path: str, ours: nn.Module) -> tuple[nn.Module, nn.Module]:

@@ -20,8 +20,8 @@ import torch
 
 from datamodules.modelnet40 import ModelNet40DataModule, prompt_names, templates
 from datamodules.synthetic.modelnet40 import generate_modelnet40
-from lang3d.clip import CLIPTextEncoder, load_clip
-from lang3d.timing import record, timed
+from lang3d.models.clip import CLIPTextEncoder, load_clip
+from lang3d.training.timing import record, timed
 from pointbind.encoders import build_encoder
 from pointbind.head import ProjectionHead
 

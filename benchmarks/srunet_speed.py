@@ -16,8 +16,8 @@ import argparse
 import MinkowskiEngine as ME
 import torch
 
-from lang3d.backbones.res16unet import Res16UNet34C
-from lang3d.timing import record, seconds_per_call
+from lang3d.models.backbones.res16unet import Res16UNet34C
+from lang3d.training.timing import record, seconds_per_call
 
 # Axis-aligned boxes (min xyz, max xyz) in metres whose surfaces make the room: floor, four walls, furniture.
 ROOM_BOXES = [

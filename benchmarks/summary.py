@@ -1,4 +1,4 @@
-"""One table of every benchmark figure recorded in a run of the scripts (see ``lang3d.timing.record``).
+"""One table of every benchmark figure recorded in a run of the scripts (see ``lang3d.training.timing.record``).
 
     LANG3D_BENCH_RECORD=runs/benchmarks/figures.jsonl python benchmarks/<script>.py ...
     python benchmarks/summary.py runs/benchmarks/figures.jsonl runs/benchmarks/summary.md

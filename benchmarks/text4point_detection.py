@@ -16,7 +16,7 @@ import torch
 from datamodules import ScanNetDetectionDataModule, SUNRGBDDataModule
 from datamodules.synthetic.scannet_detection import generate_scannet_detection
 from datamodules.synthetic.sunrgbd import generate_sunrgbd
-from lang3d.timing import optimizer_step, record, seconds_per_call
+from lang3d.training.timing import optimizer_step, record, seconds_per_call
 from text4point import Text4PointDetection
 
 

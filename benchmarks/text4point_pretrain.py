@@ -19,7 +19,7 @@ import torch
 from datamodules.scannet.meta import CLASS_LABELS
 from datamodules import ScanNetPairsDataModule
 from datamodules.synthetic.scannet import generate_scannet
-from lang3d.timing import record, timed
+from lang3d.training.timing import record, timed
 from text4point import Text4PointPretraining
 
 

@@ -15,7 +15,7 @@ import torch
 
 from datamodules import S3DISDataModule
 from datamodules.synthetic.s3dis import generate_s3dis
-from lang3d.timing import optimizer_step, record, seconds_per_call
+from lang3d.training.timing import optimizer_step, record, seconds_per_call
 from text4point import Text4PointSegmentation
 
 

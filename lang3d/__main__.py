@@ -1,3 +1,3 @@
-from lang3d.cli import console_main
+from lang3d.training.cli import console_main
 
 console_main()

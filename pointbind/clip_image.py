@@ -4,12 +4,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lang3d.clip import CLIPImagePreprocess, freeze
+from lang3d.models.clip import CLIPImagePreprocess, freeze
 
 
 class CLIPImageEncoder(nn.Module):
     """images uint8 [B,H,W,3] -> [B,d] embeddings as open_clip ``encode_image`` (not L2-normalised), after the
-    tower's own evaluation transform (``lang3d.clip.CLIPImagePreprocess``). Always in eval mode."""
+    tower's own evaluation transform (``lang3d.models.clip.CLIPImagePreprocess``). Always in eval mode."""
 
     def __init__(self, model: nn.Module):
         super().__init__()

@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader
 
-from lang3d.cli import settings_arguments
+from lang3d.training.cli import settings_arguments
 
 DataModuleSettings = dict[str, Any]  # {"class_path": "package.Class", "init_args": {...}}
 

@@ -1,6 +1,6 @@
 """Point-Bind / ULIP alignment loss: symmetric InfoNCE point<->text plus point<->image over the global batch.
 
-Under torch.distributed every rank gathers all ranks' embeddings (``lang3d.distributed.gather_rows``: ranks may
+Under torch.distributed every rank gathers all ranks' embeddings (``lang3d.training.distributed.gather_rows``: ranks may
 hold different numbers of rows, none included, e.g. after skipped samples; gradients reach every rank's rows);
 its local rows are scored against the whole global batch, the positive of local row i being global column
 offset + i. A rank's loss is the sum of its rows' cross-entropies times world / N (N rows over all ranks), so the
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lang3d.distributed import gather_rows, world
+from lang3d.training.distributed import gather_rows, world
 
 
 def symmetric_info_nce(a: torch.Tensor, b: torch.Tensor, a_all: torch.Tensor, b_all: torch.Tensor, offset: int,

@@ -13,20 +13,20 @@ from torch import nn
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from datamodules.modelnet40.prompts import prompt_names, templates
-from lang3d.checkpoint import FrozenWeightsNotSaved
-from lang3d.clip import CLIPTextEncoder, load_clip
-from lang3d.empty_steps import EmptyStepsMixin
-from lang3d.embedding_cache import EmbeddingCache, content_key, model_fingerprint
-from lang3d.sync_batchnorm import rows_left_out, sync_batchnorm_under_ddp
-from lang3d.schedules import warmup_cosine
-from lang3d.tensorboard import confusion_image, log_image
+from lang3d.training.checkpoint import FrozenWeightsNotSaved
+from lang3d.models.clip import CLIPTextEncoder, load_clip
+from lang3d.training.empty_steps import EmptyStepsMixin
+from lang3d.training.embedding_cache import EmbeddingCache, content_key, model_fingerprint
+from lang3d.training.sync_batchnorm import rows_left_out, sync_batchnorm_under_ddp
+from lang3d.training.schedules import warmup_cosine
+from lang3d.visual.tensorboard import confusion_image, log_image
 from pointbind.arithmetic import composed_retrieval
 from pointbind.clip_image import CLIPImageEncoder
 from pointbind.encoders import build_encoder
 from pointbind.head import LogitScale, ProjectionHead
 from pointbind.pretrained import load_encoder, load_release
 from pointbind.loss import alignment_loss
-from pointbind.retrieval import EmbeddingBank, retrieval_scores
+from lang3d.metrics.retrieval import EmbeddingBank, retrieval_scores
 from pointbind.zeroshot import class_text_embeddings, topk_accuracy, zero_shot_logits
 
 STAGES = ("val", "test")
@@ -158,7 +158,7 @@ class PointBindAlignment(EmptyStepsMixin, FrozenWeightsNotSaved, L.LightningModu
     # ---------------------------------------------------------------- training
     def setup(self, stage: str) -> None:
         """Under DDP (CPU or GPU) the 3D encoder's BatchNorm is synchronised across processes
-        (``lang3d.sync_batchnorm``)."""
+        (``lang3d.training.sync_batchnorm``)."""
         self.encoder = sync_batchnorm_under_ddp(self.encoder, self.trainer)
 
     # Published weights are loaded when a run starts, after a checkpoint would have been restored: a restored
@@ -219,7 +219,7 @@ class PointBindAlignment(EmptyStepsMixin, FrozenWeightsNotSaved, L.LightningModu
         skipped = float(sum(batch["skipped"].values())) if "skipped" in batch else 0.0
         self.log("data/skipped_samples", skipped, on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True)
         if self.samples_on_all_ranks(batch) == 0:
-            return self.zero_weight_loss()  # every rank's samples were skipped: no update (lang3d.empty_steps)
+            return self.zero_weight_loss()  # every rank's samples were skipped: no update (lang3d.training.empty_steps)
         bs = self.samples_in_batch(batch)
         if bs == 0:
             return self._placeholder_loss()   # this rank's samples were all skipped, other ranks' were not

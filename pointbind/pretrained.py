@@ -1,12 +1,12 @@
 """Published weights into a Point-Bind model: a released Point-Bind checkpoint (3D encoder, projection, logit
 scale), or a pre-trained 3D encoder as the initialisation of alignment training (the paper fine-tunes a
 pre-trained I2P-MAE; its Table 3). Files are read safely and converted by ``lang3d.convert``; loading is strict,
-with ``lang3d.checkpoint``'s report."""
+with ``lang3d.training.checkpoint``'s report."""
 from __future__ import annotations
 
 from torch import nn
 
-from lang3d.checkpoint import CheckpointMismatchError, LoadReport, load_tensors
+from lang3d.training.checkpoint import CheckpointMismatchError, LoadReport, load_tensors
 from lang3d.convert import Conversion, read_checkpoint
 
 RELEASE_KINDS = ("pointbind",)

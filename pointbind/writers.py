@@ -11,7 +11,7 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
-from lang3d.atomic import atomic_write
+from lang3d.training.atomic import atomic_write
 
 
 class ArithmeticRankingWriter(BasePredictionWriter):

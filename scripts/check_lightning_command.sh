@@ -6,8 +6,8 @@ set -uo pipefail
 VENV=${1:-.venv}
 BIN="$(cd "$VENV/bin" 2>/dev/null && pwd)" || { echo "check_lightning_command: no $VENV/bin" >&2; exit 2; }
 status=0
-if grep -q "lang3d.cli" "$BIN/lightning" 2>/dev/null; then
-  echo "lightning command: $BIN/lightning is lang3d's (lang3d.cli)"
+if grep -q "lang3d.training.cli" "$BIN/lightning" 2>/dev/null; then
+  echo "lightning command: $BIN/lightning is lang3d's (lang3d.training.cli)"
 else
   owner=$(grep -m1 -oE "from [A-Za-z0-9_.]+ import" "$BIN/lightning" 2>/dev/null | awk '{print $2}')
   echo "lightning command: WARNING: $BIN/lightning is not lang3d's (it runs ${owner:-something else}; lightning-sdk" \

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lang3d.point_e.models import CLIPGridPointDiffusionTransformer
+from lang3d.models.point_e.models import CLIPGridPointDiffusionTransformer
 from sepe.fusion import ConcatFusion, CrossAttentionFusion, forward_with_condition
 
 

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lang3d.lora import LoRALinear, load_base_weights
-from lang3d.point_e.models import CLIPGridPointDiffusionTransformer, CLIPGridUpsamplePointDiffusionTransformer
+from lang3d.models.lora import LoRALinear, load_base_weights
+from lang3d.models.point_e.models import CLIPGridPointDiffusionTransformer, CLIPGridUpsamplePointDiffusionTransformer
 
 # condition keys that classifier-free dropout leaves alone (a zeroed mask is read as all-True, see
 # SEPEConditionedModel.condition)

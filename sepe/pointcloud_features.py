@@ -1,4 +1,4 @@
-"""The P-FID / P-IS feature network: point-e's PointNet++ SSG classifier (``lang3d.point_e.eval_pointnet``), either
+"""The P-FID / P-IS feature network: point-e's PointNet++ SSG classifier (``lang3d.models.point_e.eval_pointnet``), either
 point-e's released ``pointnet.pt`` or one trained here on ModelNet40.
 
 Training follows the PointNet++ PyTorch code point-e's network comes from (yanx27/Pointnet_Pointnet2_pytorch,
@@ -18,8 +18,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from lang3d.point_e.eval_pointnet import PointNet2SSG, load_eval_pointnet, normalize_clouds
-from lang3d.sync_batchnorm import sync_batchnorm_under_ddp
+from lang3d.models.point_e.eval_pointnet import PointNet2SSG, load_eval_pointnet, normalize_clouds
+from lang3d.training.sync_batchnorm import sync_batchnorm_under_ddp
 
 __all__ = ["PointNet2Classification", "PointNet2SSG", "load_feature_network"]
 
@@ -35,7 +35,7 @@ class PointNet2Classification(L.LightningModule):
         self.net = PointNet2SSG(num_classes, width)
 
     def setup(self, stage: str) -> None:
-        """Under DDP (CPU or GPU) the BatchNorm layers are synchronised across processes (``lang3d.sync_batchnorm``)."""
+        """Under DDP (CPU or GPU) the BatchNorm layers are synchronised across processes (``lang3d.training.sync_batchnorm``)."""
         self.net = sync_batchnorm_under_ddp(self.net, self.trainer)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -60,7 +60,7 @@ class PointNet2Classification(L.LightningModule):
 
 def load_feature_network(path: str | Path) -> PointNet2SSG:
     """Point-e's ``pointnet.pt`` or a ``PointNet2Classification`` checkpoint -> the network in eval mode (strict;
-    ``lang3d.point_e.eval_pointnet.load_eval_pointnet``)."""
+    ``lang3d.models.point_e.eval_pointnet.load_eval_pointnet``)."""
     return load_eval_pointnet(path)
 
 

@@ -15,7 +15,7 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from lang3d.data.image_files import read_image
-from lang3d.point_e.cloud_files import slug
+from lang3d.models.point_e.cloud_files import slug
 
 
 class PromptFileError(ValueError):

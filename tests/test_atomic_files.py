@@ -1,10 +1,10 @@
-"""lang3d.atomic / lang3d.ply: a write that fails leaves the previous file as it was and no temporary file."""
+"""lang3d.training.atomic / lang3d.visual.ply: a write that fails leaves the previous file as it was and no temporary file."""
 import numpy as np
 import pytest
 from plyfile import PlyData
 
-from lang3d.atomic import atomic_write
-from lang3d.ply import write_point_ply
+from lang3d.training.atomic import atomic_write
+from lang3d.visual.ply import write_point_ply
 
 
 def test_atomic_write_replaces_on_success_and_keeps_the_old_file_on_error(tmp_path):

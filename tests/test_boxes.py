@@ -8,7 +8,7 @@ import torch
 from scipy.optimize import linprog
 from scipy.spatial import ConvexHull, HalfspaceIntersection
 
-from lang3d.boxes import box_corners, box_iou, box_iou_axis_aligned, box_iou_oriented, nms_3d
+from lang3d.geometry.boxes import box_corners, box_iou, box_iou_axis_aligned, box_iou_oriented, nms_3d
 
 
 def box_halfspaces(box):

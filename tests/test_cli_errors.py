@@ -1,12 +1,12 @@
-"""A failing command reports the project's own message first, in a few lines (lang3d.user_errors)."""
+"""A failing command reports the project's own message first, in a few lines (lang3d.training.user_errors)."""
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 
-from lang3d.cli import missing_data_roots
-from lang3d.user_errors import project_error
+from lang3d.training.cli import missing_data_roots
+from lang3d.training.user_errors import project_error
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def test_weights_error_comes_first_not_the_union_message(tmp_path):
 
 
 def test_project_error_is_found_through_wrapping_exceptions():
-    from lang3d.clip import CLIPLoadError, load_clip
+    from lang3d.models.clip import CLIPLoadError, load_clip
 
     try:
         try:

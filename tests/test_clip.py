@@ -1,4 +1,4 @@
-"""Tests for lang3d.clip: loading, dense CLIP features (Text4Point Eq. 1), text embeddings. Tiny model, CPU."""
+"""Tests for lang3d.models.clip: loading, dense CLIP features (Text4Point Eq. 1), text embeddings. Tiny model, CPU."""
 import copy
 import json
 import math
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import QuickGELU
 
-from lang3d.clip import (CONFIG_DIR, CLIPDenseImageEncoder, CLIPLoadError, CLIPTextEncoder,
+from lang3d.models.clip import (CONFIG_DIR, CLIPDenseImageEncoder, CLIPLoadError, CLIPTextEncoder,
                          CLIPWeightsFileError, CLIPWeightsUnavailable, class_prompts, download_lock,
                          interpolate_grid_pos_embed, load_clip, register_model_configs)
 

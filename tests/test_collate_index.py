@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from lang3d.data.collate import collate_point_samples
-from lang3d.sparse_index import coarsen, lookup_rows
+from lang3d.geometry.sparse_index import coarsen, lookup_rows
 
 
 def sample(n_vox, n_pairs, seed):
@@ -63,7 +63,7 @@ def test_coarsen_matches_minkowski_strided_coordinates():
 
 
 def test_overlay_points_marks_exactly_the_given_pixels():
-    from lang3d.tensorboard import colormap, overlay_points
+    from lang3d.visual.tensorboard import colormap, overlay_points
 
     image = np.full((4, 5, 3), 90, np.uint8)
     out = overlay_points(image, np.array([0, 3]), np.array([1, 4]), np.array([1.0, 2.0]))
@@ -77,7 +77,7 @@ def test_overlay_points_marks_exactly_the_given_pixels():
 def test_benchmark_figures_are_recorded_only_when_asked(tmp_path, monkeypatch):
     import json
 
-    from lang3d.timing import RECORD_ENV, record, timed
+    from lang3d.training.timing import RECORD_ENV, record, timed
 
     monkeypatch.delenv(RECORD_ENV, raising=False)
     record("s", "f", 1.0, "u")  # no file named: nothing written anywhere

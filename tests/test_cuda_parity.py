@@ -72,7 +72,7 @@ def test_srunet34_forward_and_backward_on_cuda_match_cpu():
     input-feature gradient and every parameter gradient of a weighted-sum loss agree."""
     import MinkowskiEngine as ME
 
-    from lang3d.backbones.res16unet import Res16UNet34C
+    from lang3d.models.backbones.res16unet import Res16UNet34C
 
     torch.manual_seed(0)
     nets = {"cpu": Res16UNet34C(3, 20)}
@@ -106,7 +106,7 @@ def _free_port() -> int:
 def test_sync_batchnorm_statistics_through_one_process_nccl_group():
     """The union statistics and their gradients, computed through an NCCL all_reduce on the GPU, equal torch's
     var_mean on the CPU; the layer's output in that group equals torch's BatchNorm on the CPU."""
-    from lang3d.sync_batchnorm import SyncBatchNorm
+    from lang3d.training.sync_batchnorm import SyncBatchNorm
 
     assert dist.is_nccl_available(), "this torch build has no NCCL"
     store = dist.TCPStore("127.0.0.1", _free_port(), 1, is_master=True, timeout=datetime.timedelta(seconds=60))
@@ -137,7 +137,7 @@ def test_sync_batchnorm_statistics_through_one_process_nccl_group():
 
 def _base40M_with_live_output():
     """base40M with random weights and a non-zero ``output_proj`` (zero-initialised as in Point-E)."""
-    from lang3d.point_e.models import build_model
+    from lang3d.models.point_e.models import build_model
 
     torch.manual_seed(5)
     model = build_model("base40M").eval()

@@ -20,8 +20,8 @@ from datamodules.cap3d import Cap3DDataModule
 from datamodules.synthetic.cap3d import POINT_DIR, generate_cap3d
 from datamodules.synthetic.modelnet40 import generate_modelnet40
 from datamodules.synthetic.scannet import generate_scannet
-from lang3d.sync_batchnorm import SyncBatchNorm, rows_left_out
-from pointbind.retrieval import EmbeddingBank
+from lang3d.training.sync_batchnorm import SyncBatchNorm, rows_left_out
+from lang3d.metrics.retrieval import EmbeddingBank
 from test_ddp_pipelines import _cap3d, check_metrics, evaluate_alone, fit_ddp, reports
 
 pytestmark = pytest.mark.ddp

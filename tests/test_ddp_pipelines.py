@@ -26,7 +26,7 @@ from datamodules.synthetic.cap3d import generate_cap3d
 from datamodules.synthetic.modelnet40 import generate_modelnet40
 from datamodules.synthetic.s3dis import generate_s3dis
 from datamodules.synthetic.scannet_detection import generate_scannet_detection
-from lang3d.cli import main as cli_main
+from lang3d.training.cli import main as cli_main
 from text4point import Text4PointInstanceSegmentation
 
 pytestmark = pytest.mark.ddp

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from lang3d.boxes import box_iou
-from lang3d.detection_metrics import DetectionMAP, average_precision
+from lang3d.geometry.boxes import box_iou
+from lang3d.metrics.detection import DetectionMAP, average_precision
 
 
 def test_average_precision_by_hand():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lang3d.clip import CLIPTextEncoder, load_clip
-from lang3d.embedding_cache import EmbeddingCache, EmbeddingCacheError, content_key, model_fingerprint
+from lang3d.models.clip import CLIPTextEncoder, load_clip
+from lang3d.training.embedding_cache import EmbeddingCache, EmbeddingCacheError, content_key, model_fingerprint
 
 
 def tiny_text_encoder(seed: int) -> CLIPTextEncoder:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from lang3d.detection_metrics import average_precision
-from lang3d.instance_metrics import GREEDY_VOC_THRESHOLDS, InstanceSegmentationMetrics
+from lang3d.metrics.detection import average_precision
+from lang3d.metrics.instance import GREEDY_VOC_THRESHOLDS, InstanceSegmentationMetrics
 
 FIXTURE = Path(__file__).parent / "data" / "scannet_instance_eval"
 

@@ -109,7 +109,7 @@ def test_ckpt_path_last_is_the_newest_checkpoint_even_when_last_ckpt_is_older(tm
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from lang3d.resume import newest_checkpoint
+    from lang3d.training.resume import newest_checkpoint
 
     folder = tmp_path / "checkpoints"
     folder.mkdir()
@@ -130,7 +130,7 @@ def test_a_checkpoint_write_killed_at_any_moment_leaves_the_old_file_or_the_new_
     else (Lightning's own writer stages the file in ``$TMPDIR``)."""
     import tempfile
 
-    from lang3d.resume import AtomicCheckpointIO
+    from lang3d.training.resume import AtomicCheckpointIO
 
     folder, staging = tmp_path / "checkpoints", tmp_path / "tmpdir"
     folder.mkdir()

@@ -22,7 +22,7 @@ def _script(venv: Path, module: str) -> None:
 def test_this_environments_lightning_is_lang3ds():
     venv = Path(sys.executable).parent.parent
     result = _check(venv)
-    assert result.returncode == 0 and "lang3d.cli" in result.stdout
+    assert result.returncode == 0 and "lang3d.training.cli" in result.stdout
 
 
 def test_a_lightning_sdk_script_is_reported(tmp_path):
@@ -31,5 +31,5 @@ def test_a_lightning_sdk_script_is_reported(tmp_path):
     assert result.returncode == 1
     assert "is not lang3d's" in result.stderr and "lightning_sdk.cli.entrypoint" in result.stderr
     assert "lang3d" in result.stderr
-    _script(tmp_path / "venv", "lang3d.cli")
+    _script(tmp_path / "venv", "lang3d.training.cli")
     assert _check(tmp_path / "venv").returncode == 0

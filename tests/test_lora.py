@@ -1,13 +1,13 @@
-"""Tests for lang3d.lora: LoRALinear's equations and wrapping Point-E's backbone by name. CPU, tiny."""
+"""Tests for lang3d.models.lora: LoRALinear's equations and wrapping Point-E's backbone by name. CPU, tiny."""
 import copy
 
 import pytest
 import torch
 from torch import nn
 
-from lang3d.checkpoint import CheckpointMismatchError
-from lang3d.lora import POINT_E_LORA_TARGETS, LoRALinear, apply_lora, load_base_weights, lora_tensor_names
-from lang3d.point_e import build_model
+from lang3d.training.checkpoint import CheckpointMismatchError
+from lang3d.models.lora import POINT_E_LORA_TARGETS, LoRALinear, apply_lora, load_base_weights, lora_tensor_names
+from lang3d.models.point_e import build_model
 
 TINY = dict(width=32, layers=2, heads=2, grid_tokens=5, grid_width=24)
 

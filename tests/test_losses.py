@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from lang3d.losses import masked_l1, pixel_voxel_contrastive_loss
+from lang3d.models.losses import masked_l1, pixel_voxel_contrastive_loss
 
 
 def eq14_naive(h2d: torch.Tensor, h3d: torch.Tensor, tau: float) -> float:

@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from lang3d.metrics import SegmentationMetrics
+from lang3d.metrics.segmentation import SegmentationMetrics
 
 
 def by_hand(pred, target, k, ignore):

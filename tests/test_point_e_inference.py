@@ -3,7 +3,7 @@ against the autograd path, which is the plain ``x + attn(ln_1(x))``, ``x + mlp(l
 at base40M's real size; the caller's tensor stays untouched; autocast keeps the plain path."""
 import torch
 
-from lang3d.point_e.models import build_model
+from lang3d.models.point_e.models import build_model
 
 
 def _live_model(name, **overrides):
@@ -43,7 +43,7 @@ def test_inference_path_leaves_the_input_alone_and_each_block_matches():
 
 def test_mlp_blocks_cover_every_token_once(monkeypatch):
     """Blocks of 7 tokens over 50 tokens × 2 clouds (a ragged last block) give the unblocked result."""
-    from lang3d.point_e import transformer
+    from lang3d.models.point_e import transformer
 
     model = _live_model("base40M-uncond", width=32, layers=2, heads=4)
     h = torch.randn(2, 50, 32, generator=torch.Generator().manual_seed(3))

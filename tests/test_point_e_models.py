@@ -1,4 +1,4 @@
-"""Tests for lang3d.point_e: Point-E transformers (official layout / checkpoints) and CLIP ViT conditioning. CPU."""
+"""Tests for lang3d.models.point_e: Point-E transformers (official layout / checkpoints) and CLIP ViT conditioning. CPU."""
 import math
 
 import numpy as np
@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lang3d.checkpoint import CheckpointMismatchError, check_state_dict
-from lang3d.point_e import (MODEL_CONFIGS, CLIPConditioner, build_model, load_official_checkpoint,
+from lang3d.training.checkpoint import CheckpointMismatchError, check_state_dict
+from lang3d.models.point_e import (MODEL_CONFIGS, CLIPConditioner, build_model, load_official_checkpoint,
                             qkv_attention, timestep_embedding)
 
 # Point-E parameter counts (point_e.md); uncond and imagevec follow from them (no clip_embed / same as textvec).

@@ -3,7 +3,7 @@ ModelNet40 with the fitted checkpoint."""
 import torch
 from datamodules.synthetic.cap3d import generate_cap3d
 from datamodules.synthetic.modelnet40 import generate_modelnet40
-from lang3d.cli import main as cli_main
+from lang3d.training.cli import main as cli_main
 
 
 def test_demo_fit_then_zero_shot_test_through_the_cli(tmp_path):

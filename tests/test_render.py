@@ -1,7 +1,7 @@
 """Point-splat renderer: projection centre, occlusion, background."""
 import torch
 
-from lang3d.render import render_points, render_views
+from lang3d.visual.render import render_points, render_views
 
 RED, GREEN = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]
 

@@ -4,8 +4,8 @@ import MinkowskiEngine as ME
 import pytest
 import torch
 
-from lang3d.backbones.res16unet import Res16UNet34C, SparseInputError, sparse_features_like
-from lang3d.sync_batchnorm import SparseSyncBatchNorm, SyncBatchNorm, convert_sync_batchnorm
+from lang3d.models.backbones.res16unet import Res16UNet34C, SparseInputError, sparse_features_like
+from lang3d.training.sync_batchnorm import SparseSyncBatchNorm, SyncBatchNorm, convert_sync_batchnorm
 
 IN_CH, OUT_CH = 3, 20
 

@@ -1,9 +1,9 @@
-"""lang3d.schedules.warmup_cosine against its definition, value by value."""
+"""lang3d.training.schedules.warmup_cosine against its definition, value by value."""
 import math
 
 import pytest
 
-from lang3d.schedules import warmup_cosine
+from lang3d.training.schedules import warmup_cosine
 
 
 def test_warmup_then_half_cosine_to_the_floor():

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lang3d.lora import LoRALinear
-from lang3d.point_e import build_model
+from lang3d.models.lora import LoRALinear
+from lang3d.models.point_e import build_model
 from sepe.conditioned_model import SEPEConditionedModel
 from sepe.fusion import ConcatFusion, CrossAttentionFusion, drop_conditions, forward_with_condition
 

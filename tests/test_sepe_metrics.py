@@ -6,7 +6,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from lang3d.clip import load_clip
+from lang3d.models.clip import load_clip
 from sepe.geometric_losses import chamfer_distance
 from sepe.metrics import (ChamferDistanceMetric, CLIPRPrecision, EarthMoversDistance, PointFID, PointIS,
                           earth_movers_distance, r_precision_hits)

@@ -10,9 +10,9 @@ from plyfile import PlyData
 
 from datamodules.cap3d import Cap3DDataModule
 from datamodules.synthetic.cap3d import VIEW_DIR, generate_cap3d
-from lang3d.checkpoint import CheckpointMismatchError
-from lang3d.lora import LoRALinear
-from lang3d.point_e import build_model
+from lang3d.training.checkpoint import CheckpointMismatchError
+from lang3d.models.lora import LoRALinear
+from lang3d.models.point_e import build_model
 from sepe.module import SEPEFineTuning
 from sepe.predict_data import SEPEPromptsDataModule
 from sepe.writers import GeneratedCloudWriter
@@ -137,7 +137,7 @@ def test_predict_writes_ply_and_npz(tmp_path, cap3d_root):
 
 
 def test_checkpoint_wrong_shape_names_tensor(tmp_path):
-    from lang3d.point_e import CLIPConditioner
+    from lang3d.models.point_e import CLIPConditioner
     clip = CLIPConditioner.load("lang3d-tiny-ViT", None)
     model = build_model("base40M", grid_tokens=clip.grid_tokens, grid_width=clip.grid_width, **TINY)
     state = model.state_dict()
@@ -232,7 +232,7 @@ def _images(n):
 def _point_e_two_stage(module: SEPEFineTuning, upsampler, prompts, images, steps, seed):
     """Point-E's own two-stage sampling with the module's Point-E models (no fusion): base40M, then the upsampler
     given the image grid, both conditioned on clip_embed of the CLIP grid."""
-    from lang3d.point_e import GaussianDiffusion, PointCloudSampler, StageConfig
+    from lang3d.models.point_e import GaussianDiffusion, PointCloudSampler, StageConfig
     hp = module.hparams
     sampler = PointCloudSampler(
         [module.net.model, upsampler],
@@ -260,7 +260,7 @@ def test_generation_starts_as_point_e_two_stage(fusion, upsampler_conditioning):
 def test_stage_two_gets_point_e_condition_whatever_the_fusion():
     """Default stage 2: the frozen upsampler conditioned on its own clip_embed of the image grid (as Point-E), even
     when the base fusion has moved far from its start: given the base stage's points, stage 2 is Point-E's."""
-    from lang3d.point_e import GaussianDiffusion, PointCloudSampler, StageConfig
+    from lang3d.models.point_e import GaussianDiffusion, PointCloudSampler, StageConfig
     module = make_module(fusion="cross_attention").eval()
     _random_point_e(module)
     _perturb(module.net.fusion, 1)

@@ -24,7 +24,7 @@ from datamodules.synthetic.s3dis import generate_s3dis
 from datamodules.synthetic.scannet import generate_scannet
 from datamodules.synthetic.scannet_detection import generate_scannet_detection
 from datamodules.synthetic.sunrgbd import generate_sunrgbd
-from lang3d.cli import main as cli_main
+from lang3d.training.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT4POINT = REPO / "configs" / "text4point"

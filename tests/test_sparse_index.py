@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from lang3d.sparse_index import coarsen, lookup_rows
+from lang3d.geometry.sparse_index import coarsen, lookup_rows
 
 INT32 = np.iinfo(np.int32)
 

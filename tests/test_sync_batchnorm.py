@@ -1,4 +1,4 @@
-"""lang3d.sync_batchnorm: two gloo ranks with unequal slices of a batch against ONE plain torch BatchNorm over the
+"""lang3d.training.sync_batchnorm: two gloo ranks with unequal slices of a batch against ONE plain torch BatchNorm over the
 whole batch (outputs, input gradients, DDP-averaged parameter gradients, running statistics), the sparse layer in
 a Res16UNet BasicBlock against the plain block on all scenes at once, conversion, and the single-process
 fallbacks. float64 throughout, so the tolerances are tight."""
@@ -11,9 +11,9 @@ import torch.distributed as dist
 from torch import nn
 
 from gloo_ranks import on_gloo_ranks
-from lang3d.backbones.res16unet import BasicBlock
-from lang3d.sparse_index import lookup_rows
-from lang3d.sync_batchnorm import (SparseSyncBatchNorm, SyncBatchNorm, convert_sync_batchnorm,
+from lang3d.models.backbones.res16unet import BasicBlock
+from lang3d.geometry.sparse_index import lookup_rows
+from lang3d.training.sync_batchnorm import (SparseSyncBatchNorm, SyncBatchNorm, convert_sync_batchnorm,
                                    sync_batchnorm_under_ddp)
 
 WORLD = 2

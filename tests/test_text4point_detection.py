@@ -14,8 +14,8 @@ from datamodules import ScanNetDetectionDataModule, SUNRGBDDataModule
 from datamodules.detection_common import collate_detection
 from datamodules.synthetic.scannet_detection import generate_scannet_detection
 from datamodules.synthetic.sunrgbd import generate_sunrgbd
-from lang3d.cli import main as cli_main
-from lang3d.tensorboard import bev_boxes_image
+from lang3d.training.cli import main as cli_main
+from lang3d.visual.tensorboard import bev_boxes_image
 from text4point import Text4PointDetection, Text4PointPretraining
 from text4point.detection import PREDICTION_DTYPE
 from text4point.writers import DetectionPredictionWriter

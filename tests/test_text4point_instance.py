@@ -14,7 +14,7 @@ from datamodules import S3DISDataModule
 from datamodules.s3dis.raw import ALIGNED_DIR
 from datamodules.s3dis.rooms import load_room, room_path
 from datamodules.synthetic.s3dis import generate_s3dis
-from lang3d.cli import main as cli_main
+from lang3d.training.cli import main as cli_main
 from text4point import Text4PointInstanceSegmentation, Text4PointPretraining
 from text4point.instance_clustering import best_iou, cluster_points
 from text4point.instance_heads import ScoreNet, batch_instance_ids, offset_losses, score_targets

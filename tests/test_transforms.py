@@ -4,7 +4,7 @@ import pytest
 
 from lang3d.data.transforms import (CenterShift, ChromaticJitter, Compose, GridSample, RandomFlipXY, RandomRotateZ,
                                     RandomScale)
-from lang3d.geometry import voxelize
+from lang3d.geometry.camera import voxelize
 
 
 def _room(n: int = 400, seed: int = 0) -> dict:

@@ -1,4 +1,4 @@
-"""Outputs written by callbacks (``lang3d.writers``, ``text4point.writers``, ``pointbind.writers``): a module's
+"""Outputs written by callbacks (``lang3d.training.writers``, ``text4point.writers``, ``pointbind.writers``): a module's
 ``test_step`` / ``predict_step`` returns what is to be written and writes nothing itself; the writer writes exactly
 those records in the layout the README documents; every config a README / Makefile command stacks configures its
 writer; under 2-process DDP the files equal those of one process."""
@@ -15,9 +15,9 @@ from plyfile import PlyData
 from datamodules import S3DISDataModule
 from datamodules.synthetic.cap3d import generate_cap3d
 from datamodules.synthetic.s3dis import generate_s3dis
-from lang3d.cli import main as cli_main
-from lang3d.tensorboard import label_colors
-from lang3d.writers import BaseTestWriter
+from lang3d.training.cli import main as cli_main
+from lang3d.visual.tensorboard import label_colors
+from lang3d.training.writers import BaseTestWriter
 from pointbind.writers import ArithmeticRankingWriter
 from text4point import Text4PointSegmentation
 from text4point.detection import PREDICTION_DTYPE

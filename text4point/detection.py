@@ -11,11 +11,11 @@ import lightning as L
 import numpy as np
 import torch
 
-from lang3d.boxes import nms_3d
-from lang3d.detection_metrics import DetectionMAP
-from lang3d.schedules import warmup_cosine
-from lang3d.sync_batchnorm import sync_batchnorm_under_ddp
-from lang3d.tensorboard import bev_boxes_image, log_image
+from lang3d.geometry.boxes import nms_3d
+from lang3d.metrics.detection import DetectionMAP
+from lang3d.training.schedules import warmup_cosine
+from lang3d.training.sync_batchnorm import sync_batchnorm_under_ddp
+from lang3d.visual.tensorboard import bev_boxes_image, log_image
 from text4point.box_coder import BoxCoder
 from text4point.guided_net import GuidedOutput, LanguageGuidedNet
 from text4point.votenet_head import VoteNetHead, VoteNetOutput
@@ -144,7 +144,7 @@ class Text4PointDetection(L.LightningModule):
     # ---------------------------------------------------------------- Lightning hooks
     def setup(self, stage: str) -> None:
         """Under DDP (CPU or GPU) every BatchNorm (sparse network and VoteNet head) is synchronised across processes
-        (``lang3d.sync_batchnorm``); the datamodule's classes, box kind and mean sizes are checked against the
+        (``lang3d.training.sync_batchnorm``); the datamodule's classes, box kind and mean sizes are checked against the
         model's (mean sizes adopted when not given)."""
         self.guided = sync_batchnorm_under_ddp(self.guided, self.trainer)
         self.head = sync_batchnorm_under_ddp(self.head, self.trainer)

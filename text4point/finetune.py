@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lang3d.metrics import SegmentationMetrics
-from lang3d.sync_batchnorm import sync_batchnorm_under_ddp
-from lang3d.tensorboard import confusion_image, label_colors, log_image, log_point_cloud
+from lang3d.metrics.segmentation import SegmentationMetrics
+from lang3d.training.sync_batchnorm import sync_batchnorm_under_ddp
+from lang3d.visual.tensorboard import confusion_image, label_colors, log_image, log_point_cloud
 from text4point.guided_net import GuidedOutput, LanguageGuidedNet
 
 
@@ -87,7 +87,7 @@ class Text4PointSegmentation(L.LightningModule):
     # ---------------------------------------------------------------- Lightning hooks
     def setup(self, stage: str) -> None:
         """Under DDP (CPU or GPU) every BatchNorm of the network (sparse and dense) is synchronised across
-        processes (``lang3d.sync_batchnorm``)."""
+        processes (``lang3d.training.sync_batchnorm``)."""
         self.guided = sync_batchnorm_under_ddp(self.guided, self.trainer)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lang3d.instance_metrics import InstanceSegmentationMetrics
-from lang3d.sync_batchnorm import sync_batchnorm_under_ddp
-from lang3d.tensorboard import log_point_cloud
+from lang3d.metrics.instance import InstanceSegmentationMetrics
+from lang3d.training.sync_batchnorm import sync_batchnorm_under_ddp
+from lang3d.visual.tensorboard import log_point_cloud
 from text4point.finetune import Text4PointSegmentation
 from text4point.guided_net import GuidedOutput, LanguageGuidedNet
 from text4point.instance_clustering import Clusters, best_iou, mask_nms, propose_instances
@@ -79,7 +79,7 @@ class Text4PointInstanceSegmentation(L.LightningModule):
         test_score_threshold: proposals scoring below are dropped at evaluation; nms_iou: mask-NMS IoU threshold
             (null: no NMS).
         offset_loss_weight, score_loss_weight: weights of (L_reg + L_dir) and the ScoreNet BCE.
-        eval_convention, eval_min_region_size: ``lang3d.instance_metrics.InstanceSegmentationMetrics``'s
+        eval_convention, eval_min_region_size: ``lang3d.metrics.instance.InstanceSegmentationMetrics``'s
             convention ("scannet": the ScanNet benchmark's script; "greedy_voc") and minimum region size (points).
     """
 

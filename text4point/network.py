@@ -8,7 +8,7 @@ import MinkowskiEngine as ME
 import torch
 from torch import nn
 
-from lang3d.backbones.res16unet import Res16UNet34C, sparse_features_like
+from lang3d.models.backbones.res16unet import Res16UNet34C, sparse_features_like
 from text4point.tqm import TextQueryingModule
 
 ENCODER_STRIDE = 16  # tensor stride of the SR-UNet34 encoder output h3D (four stride-2 stages)

@@ -11,15 +11,15 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
-from lang3d.checkpoint import FrozenWeightsNotSaved
-from lang3d.clip import CLIPDenseImageEncoder, CLIPTextEncoder, load_clip
+from lang3d.training.checkpoint import FrozenWeightsNotSaved
+from lang3d.models.clip import CLIPDenseImageEncoder, CLIPTextEncoder, load_clip
 from lang3d.data.sampling import seed_from_names
-from lang3d.empty_steps import EmptyStepsMixin
-from lang3d.losses import masked_l1, pixel_voxel_contrastive_loss
-from lang3d.prompt_learner import build_class_embeddings
-from lang3d.sparse_index import coarsen, lookup_rows
-from lang3d.sync_batchnorm import rows_left_out, sync_batchnorm_under_ddp
-from lang3d.tensorboard import log_image, overlay_points
+from lang3d.training.empty_steps import EmptyStepsMixin
+from lang3d.models.losses import masked_l1, pixel_voxel_contrastive_loss
+from lang3d.models.prompt_learner import build_class_embeddings
+from lang3d.geometry.sparse_index import coarsen, lookup_rows
+from lang3d.training.sync_batchnorm import rows_left_out, sync_batchnorm_under_ddp
+from lang3d.visual.tensorboard import log_image, overlay_points
 from text4point.image_branch import ImageDecoder, pixel_cells, upsample_to_pixels
 from text4point.network import ENCODER_STRIDE, Text4PointNet
 
@@ -130,7 +130,7 @@ class Text4PointPretraining(EmptyStepsMixin, FrozenWeightsNotSaved, L.LightningM
     # ---------------------------------------------------------------- Lightning hooks
     def setup(self, stage: str) -> None:
         """Under DDP (CPU or GPU) every BatchNorm of the trainable networks (sparse and dense) is synchronised
-        across processes (``lang3d.sync_batchnorm``)."""
+        across processes (``lang3d.training.sync_batchnorm``)."""
         self.net = sync_batchnorm_under_ddp(self.net, self.trainer)
         self.image_decoder = sync_batchnorm_under_ddp(self.image_decoder, self.trainer)
 
@@ -139,7 +139,7 @@ class Text4PointPretraining(EmptyStepsMixin, FrozenWeightsNotSaved, L.LightningM
         self._skipped.update(batch["skipped"])
         self.log("data/skipped_frames", float(n_skipped), on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True)
         if self.samples_on_all_ranks(batch) == 0:
-            return self.zero_weight_loss()  # every rank's frames were skipped: no update (lang3d.empty_steps)
+            return self.zero_weight_loss()  # every rank's frames were skipped: no update (lang3d.training.empty_steps)
         if self.samples_in_batch(batch) == 0:
             return self._placeholder_loss()  # this rank's frames were all skipped, other ranks' were not
         out = self._losses(batch)

@@ -1,14 +1,14 @@
 """What ``lightning test`` writes for the Text4Point fine-tuning tasks, as callbacks (``trainer.callbacks`` in
 ``configs/text4point/*.yaml``): each writes what its module's ``test_step`` returns under the run's log directory,
-every file atomically (``lang3d.atomic``), each DDP process the samples it evaluated."""
+every file atomically (``lang3d.training.atomic``), each DDP process the samples it evaluated."""
 from __future__ import annotations
 
 import numpy as np
 
-from lang3d.atomic import atomic_write
-from lang3d.ply import write_point_ply
-from lang3d.tensorboard import label_colors
-from lang3d.writers import BaseTestWriter
+from lang3d.training.atomic import atomic_write
+from lang3d.visual.ply import write_point_ply
+from lang3d.visual.tensorboard import label_colors
+from lang3d.training.writers import BaseTestWriter
 from text4point.finetune import RoomLabels, Text4PointSegmentation
 from text4point.instance import RoomInstances
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from lang3d.atomic import atomic_write
+from lang3d.training.atomic import atomic_write
 from datamodules.s3dis.raw import S3DIS_CLASSES, list_rooms, read_room, resolve_raw_root
 
 CACHE_FORMAT = 1

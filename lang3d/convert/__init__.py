@@ -2,7 +2,7 @@
 load time.
 
 A *kind* (``CheckpointKind``) knows one published layout: how to recognise a file of it, which non-tensor types
-the file may pickle (``lang3d.checkpoint.safe_load`` allows exactly those), and how to rename its tensors to the
+the file may pickle (``lang3d.training.checkpoint.safe_load`` allows exactly those), and how to rename its tensors to the
 project's names, listing what it drops and which project tensors the file does not provide. Kinds register
 themselves in ``KINDS`` (one module per kind, imported at the end of this file).
 
@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from lang3d.atomic import atomic_write
-from lang3d.checkpoint import CheckpointMismatchError, safe_load
+from lang3d.training.atomic import atomic_write
+from lang3d.training.checkpoint import CheckpointMismatchError, safe_load
 
 CONVERSION_KEY = "lang3d_conversion"
 

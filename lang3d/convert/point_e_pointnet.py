@@ -1,6 +1,6 @@
 """Point-e's P-FID / P-IS evaluation network (``pointnet.pt``; openai/point-e ``point_e/evals``): a PointNet++ SSG
 training checkpoint ``{"model_state_dict", ...}`` (the PointNet++ code it comes from also saves the epoch, numpy-scalar
-accuracies and the optimizer state), already in the names of ``lang3d.point_e.eval_pointnet.PointNet2SSG``.
+accuracies and the optimizer state), already in the names of ``lang3d.models.point_e.eval_pointnet.PointNet2SSG``.
 
 The same kind reads the project's own training of that network (``python -m sepe.pointcloud_features``: a Lightning
 checkpoint, tensors under ``net.``). Nothing is renamed or dropped; only the state dict is taken.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lang3d.checkpoint import NUMPY_SCALAR_GLOBALS
+from lang3d.training.checkpoint import NUMPY_SCALAR_GLOBALS
 from lang3d.convert import CheckpointKind, Conversion, Published, register
 
 KIND = "point-e-pointnet"

@@ -1,12 +1,12 @@
 """PointContrast and Contrastive Scene Contexts (CSC) checkpoints of ``Res16UNet34C`` (facebookresearch/PointContrast,
-facebookresearch/ContrastiveSceneContexts; MinkowskiEngine 0.3/0.4) -> ``lang3d.backbones.Res16UNet34C``.
+facebookresearch/ContrastiveSceneContexts; MinkowskiEngine 0.3/0.4) -> ``lang3d.models.backbones.Res16UNet34C``.
 
 Files: pre-training ``{"curr_iter", "state_dict", "optimizer", "scheduler"[, "config"]}`` (PointContrast pickles
 its Hydra config, an OmegaConf ``DictConfig``; CSC does not), fine-tuning ``{"iteration", "epoch", "arch",
 "state_dict", "optimizer"[, "best_val", "best_val_iter"]}``. Only ``state_dict`` is used (a DataParallel
 ``module.`` prefix is removed). The OmegaConf objects are not unpickled: safe loading maps exactly the classes such
 a config pickles (``OMEGACONF_SKIPPED``) to ``SkippedObject``, an empty object, so omegaconf is not needed; numpy
-scalars (a fine-tuning's ``best_val``) are allowed as in ``lang3d.checkpoint.NUMPY_SCALAR_GLOBALS``.
+scalars (a fine-tuning's ``best_val``) are allowed as in ``lang3d.training.checkpoint.NUMPY_SCALAR_GLOBALS``.
 
 Names (official -> project, relative to ``Res16UNet34C``): ``conv0p1s1``/``bn0`` -> ``encoder.stem.{conv,norm}``;
 ``conv{i}p*s2``/``bn{i}`` -> ``encoder.stages.{i-1}.down.{conv,norm}`` (i = 1..4); ``block{i}.{j}`` ->
@@ -30,7 +30,7 @@ from typing import Any
 
 from torch import nn
 
-from lang3d.checkpoint import NUMPY_SCALAR_GLOBALS, LoadReport, load_tensors, safe_load
+from lang3d.training.checkpoint import NUMPY_SCALAR_GLOBALS, LoadReport, load_tensors, safe_load
 from lang3d.convert import (CONVERSION_KEY, PUBLISHED, CheckpointKind, Conversion, ConversionError, Published,
                             read_checkpoint, register, rename, resolve)
 from lang3d.convert.me_kernel_order import convert_hybrid_kernel

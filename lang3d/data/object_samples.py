@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from lang3d.atomic import atomic_write
+from lang3d.training.atomic import atomic_write
 from lang3d.data.point_ops import farthest_point_sample_np
 
 

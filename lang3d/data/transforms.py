@@ -102,7 +102,7 @@ class ChromaticJitter:
 class GridSample:
     """Voxelise into cubes of edge ``voxel_size`` metres (voxel of point p = floor(p / voxel_size)).
 
-    Output: ``coord`` [V,3] int32 voxel indices (unique, lexicographically sorted, as ``lang3d.geometry.voxelize``),
+    Output: ``coord`` [V,3] int32 voxel indices (unique, lexicographically sorted, as ``lang3d.geometry.camera.voxelize``),
     ``color`` [V,3] float32 in [0,1], ``segment`` [V] int64 and ``inverse`` [P,1] int64 (voxel of each input
     point). ``mode="train"``: one point drawn uniformly per voxel (Pointcept), giving the voxel its colour and
     label. ``mode="test"``: colour = mean over the voxel's points, label = the most frequent label among them

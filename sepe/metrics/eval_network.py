@@ -5,12 +5,12 @@ import torch
 from torchmetrics import Metric
 
 from lang3d.data.point_ops import index_points
-from lang3d.point_e.eval_pointnet import POINT_E_DEVICE_BATCH_SIZE, features_and_logits
+from lang3d.models.point_e.eval_pointnet import POINT_E_DEVICE_BATCH_SIZE, features_and_logits
 from sepe.metrics.held_networks import hold_network, network_on
 
 
 class EvalNetworkMetric(Metric):
-    """Shared by P-FID and P-IS: runs point-e's evaluation network (``lang3d.point_e.eval_pointnet``) on clouds as
+    """Shared by P-FID and P-IS: runs point-e's evaluation network (``lang3d.models.point_e.eval_pointnet``) on clouds as
     point-e's feature extractor does, counting the clouds of each stream (the FPS start index of a cloud is its
     position in its batch of ``device_batch_size``). All clouds are brought to ``num_points`` points (a seeded random
     subset of each; a cloud with fewer points is an error), or, with ``num_points`` None, must all have the same

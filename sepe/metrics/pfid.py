@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import torch
 
-from lang3d.point_e.eval_scores import fid_statistics, frechet_distance
+from lang3d.metrics.generation import fid_statistics, frechet_distance
 from sepe.metrics.eval_network import EvalNetworkMetric
 
 
 class PointFID(EvalNetworkMetric):
-    """P-FID as point-e computes it (``lang3d.point_e.eval_scores``): the Fréchet distance between Gaussians
+    """P-FID as point-e computes it (``lang3d.metrics.generation``): the Fréchet distance between Gaussians
     (mean, unbiased covariance) fitted to the evaluation network's features (``bn2(fc2(.))``) of real and of
-    generated clouds. ``network``: ``lang3d.point_e.eval_pointnet.PointNet2SSG`` (point-e's ``pointnet.pt`` via
+    generated clouds. ``network``: ``lang3d.models.point_e.eval_pointnet.PointNet2SSG`` (point-e's ``pointnet.pt`` via
     ``load_eval_pointnet``, or one trained by ``python -m sepe.pointcloud_features``); ``feature_dim`` checks its
     feature width (default: the network's)."""
 

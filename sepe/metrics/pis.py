@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from lang3d.point_e.eval_scores import inception_score_splits
+from lang3d.metrics.generation import inception_score_splits
 from sepe.metrics.eval_network import EvalNetworkMetric
 
 
 class PointIS(EvalNetworkMetric):
-    """P-IS as point-e computes it (``lang3d.point_e.eval_scores.inception_score_splits``): exp(E_x KL(p(y|x) ||
+    """P-IS as point-e computes it (``lang3d.metrics.generation.inception_score_splits``): exp(E_x KL(p(y|x) ||
     p(y))) on the softmax of the evaluation network's logits of generated clouds, per consecutive split of
     ``split_size`` clouds (point-e: 5000); ``compute`` -> (mean over splits: point-e's P-IS, their std)."""
 

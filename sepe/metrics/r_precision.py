@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torchmetrics import Metric
 
 from lang3d.data.point_ops import normalize_unit_sphere
-from lang3d.render import render_views
+from lang3d.visual.render import render_views
 from sepe.geometric_losses import _check_cloud
 from sepe.metrics.held_networks import hold_network, network_on
 
@@ -39,7 +39,7 @@ def sample_key(name: str) -> int:
 
 class CLIPRPrecision(Metric):
     """CLIP R-precision: each generated cloud is normalised into the unit sphere and rendered from ``azimuths``
-    (``lang3d.render``, at CLIP's input size); the image embedding is the normalised mean of the views'
+    (``lang3d.visual.render``, at CLIP's input size); the image embedding is the normalised mean of the views'
     normalised CLIP embeddings. Score: fraction of clouds whose own caption ranks in the ``top_k`` among itself
     and ``num_distractors`` captions of other clouds of the evaluated set (``r_precision_hits``).
 
@@ -47,7 +47,7 @@ class CLIPRPrecision(Metric):
     name (``sample_key``) before drawing, so the score is the same for any number of DDP processes and any batch
     order.
 
-    ``clip_model``, ``tokenizer``: as ``lang3d.clip.load_clip`` returns (paper: ViT-B/32 and ViT-L/14)."""
+    ``clip_model``, ``tokenizer``: as ``lang3d.models.clip.load_clip`` returns (paper: ViT-B/32 and ViT-L/14)."""
 
     higher_is_better = True
 

@@ -21,7 +21,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from lang3d.boxes import box_iou
+from lang3d.geometry.boxes import box_iou
 
 
 def average_precision(recall, precision) -> float:
@@ -163,7 +163,7 @@ class ScoredMatchMetric(Metric):
 
 class DetectionMAP(ScoredMatchMetric):
     """VoteNet's detection mAP. ``update(preds, targets)``: one dict per scene; preds ``boxes [P,7]`` (see
-    ``lang3d.boxes``), ``scores [P]``, ``labels [P] int64``; targets ``boxes [G,7]``, ``labels [G] int64``.
+    ``lang3d.geometry.boxes``), ``scores [P]``, ``labels [P] int64``; targets ``boxes [G,7]``, ``labels [G] int64``.
 
     ``compute()``: ``map@t`` (mean AP over classes with ground truth), per-class ``ap@t`` [K] and ``recall@t`` [K]
     (recall at the lowest score), NaN for classes without ground truth; keys formatted ``f"map@{t:g}"``."""

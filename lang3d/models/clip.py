@@ -1,6 +1,6 @@
 """Frozen CLIP (open_clip) wrapper: loading, dense image features (Text4Point Eq. 1), text embeddings.
 
-``load_clip`` registers the package's own open_clip model configs (``lang3d/clip_configs/*.json``, e.g.
+``load_clip`` registers the package's own open_clip model configs (``lang3d/models/clip_configs/*.json``, e.g.
 ``lang3d-tiny-RN`` for tests and demos) with open_clip; nothing is downloaded at import time.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
 def register_model_configs() -> None:
-    """Adds the project's open_clip model configs (``lang3d/clip_configs/*.json``, e.g. ``lang3d-tiny-RN``) to
+    """Adds the project's open_clip model configs (``lang3d/models/clip_configs/*.json``, e.g. ``lang3d-tiny-RN``) to
     open_clip's registry with its public ``add_model_config``; idempotent. ``load_clip`` calls it."""
     if not set(PROJECT_MODELS) <= set(open_clip.list_models()):
         open_clip.add_model_config(CONFIG_DIR)

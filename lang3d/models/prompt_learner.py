@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lang3d.clip import CLIPTextEncoder, class_prompts
+from lang3d.models.clip import CLIPTextEncoder, class_prompts
 
 PROMPT_KINDS = ("learned", "fixed", "random")
 
@@ -56,7 +56,8 @@ class PromptLearner(nn.Module):
                  ctx_init: str | None = None):
         super().__init__()
         if not isinstance(text_encoder, CLIPTextEncoder):
-            raise TypeError(f"PromptLearner needs a lang3d.clip.CLIPTextEncoder, got {type(text_encoder).__name__}")
+            raise TypeError("PromptLearner needs a lang3d.models.clip.CLIPTextEncoder, "
+                            f"got {type(text_encoder).__name__}")
         self.class_names = _check_class_names(class_names)
         object.__setattr__(self, "_text_encoder", text_encoder)  # plain attribute: not a registered submodule
         embedding = text_encoder.model.token_embedding

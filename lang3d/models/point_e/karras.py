@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from lang3d.point_e.diffusion import GaussianDiffusion
+from lang3d.models.point_e.diffusion import GaussianDiffusion
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lang3d.checkpoint import check_state_dict
+from lang3d.training.checkpoint import check_state_dict
 
-# Point-E's transformer blocks (lang3d.point_e.transformer): attention and MLP projections, not time_embed.
+# Point-E's transformer blocks (lang3d.models.point_e.transformer): attention and MLP projections, not time_embed.
 POINT_E_LORA_TARGETS = ("attn.c_qkv", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 

@@ -15,7 +15,7 @@ from open_clip.transformer import VisionTransformer
 from PIL import Image
 from torch import nn
 
-from lang3d.clip import CLIPImagePreprocess, freeze, load_clip
+from lang3d.models.clip import CLIPImagePreprocess, freeze, load_clip
 
 ImageInput = torch.Tensor | Sequence[Image.Image | np.ndarray]
 
@@ -41,7 +41,7 @@ class CLIPConditioner(nn.Module):
     @classmethod
     def load(cls, model_name: str = "ViT-L-14", pretrained: str | None = "openai",
              cache_dir: str | None = None) -> "CLIPConditioner":
-        """Load via ``lang3d.clip.load_clip`` (tag, local file or None = random init; nothing is downloaded
+        """Load via ``lang3d.models.clip.load_clip`` (tag, local file or None = random init; nothing is downloaded
         offline). The default is Point-E's CLIP, OpenAI ViT-L/14."""
         return cls(*load_clip(model_name, pretrained, cache_dir=cache_dir))
 

@@ -10,14 +10,14 @@ several processes). ``EmptyStepsMixin`` makes every rank take every step:
   no network runs anywhere, DDP all-reduces zero gradients) and ``optimizer_step`` runs the closure but skips the
   update, so weights and optimizer state stay as they are, as when one process skips a step;
 - this rank has none, others do: the module's ``training_step`` runs every trainable network on an empty or
-  placeholder input with a loss of weight 0 (``lang3d.sync_batchnorm.rows_left_out`` keeps a placeholder out of
+  placeholder input with a loss of weight 0 (``lang3d.training.sync_batchnorm.rows_left_out`` keeps a placeholder out of
   the BatchNorm statistics), so the rank joins every collective and adds nothing to the others' results.
 """
 from __future__ import annotations
 
 import torch
 
-from lang3d.distributed import row_counts
+from lang3d.training.distributed import row_counts
 
 
 class EmptyStepsMixin:

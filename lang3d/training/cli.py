@@ -12,8 +12,9 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
-from lang3d.resume import CheckpointOnSigterm, RandomStateCheckpoint, TrainLoaderStateOnResume, newest_checkpoint
-from lang3d.user_errors import report
+from lang3d.training.resume import (CheckpointOnSigterm, RandomStateCheckpoint, TrainLoaderStateOnResume,
+                                    newest_checkpoint)
+from lang3d.training.user_errors import report
 
 
 class DataRootError(FileNotFoundError):
@@ -74,7 +75,7 @@ class Lang3DCLI(LightningCLI):
         super().instantiate_classes()
 
     def before_fit(self) -> None:
-        """``--ckpt_path last`` resumes from the run's newest checkpoint (``lang3d.resume.newest_checkpoint``)."""
+        """``--ckpt_path last`` resumes from the run's newest checkpoint (``lang3d.training.resume.newest_checkpoint``)."""
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") == "last":
             config["ckpt_path"] = str(newest_checkpoint(self.trainer) or "last")
@@ -82,7 +83,7 @@ class Lang3DCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> None:
     """Every run also gets the callbacks and the checkpoint writer that make a killed run resume exactly
-    (``lang3d.resume``).
+    (``lang3d.training.resume``).
     ``lang3d convert KIND IN OUT`` converts a published checkpoint (``lang3d.convert``) instead."""
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["convert"]:
@@ -93,12 +94,12 @@ def main(args: list[str] | None = None) -> None:
               save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
               trainer_defaults={"callbacks": [RandomStateCheckpoint(), TrainLoaderStateOnResume(),
                                               CheckpointOnSigterm()],
-                                "plugins": [{"class_path": "lang3d.resume.AtomicCheckpointIO"}]})
+                                "plugins": [{"class_path": "lang3d.training.resume.AtomicCheckpointIO"}]})
 
 
 def console_main() -> None:
     """The ``lang3d`` / ``lightning`` commands: ``main`` on the command line's arguments; a failure raised by the
-    project's code is printed first, in a few lines (``lang3d.user_errors``), and exits with status 1."""
+    project's code is printed first, in a few lines (``lang3d.training.user_errors``), and exits with status 1."""
     try:
         main()
     except Exception as error:  # anything else propagates with its traceback, as from main()

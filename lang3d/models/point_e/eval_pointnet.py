@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lang3d.checkpoint import CheckpointMismatchError, load_tensors
+from lang3d.training.checkpoint import CheckpointMismatchError, load_tensors
 from lang3d.convert import read_checkpoint
 from lang3d.convert.point_e_pointnet import KIND as POINTNET_KIND
 from lang3d.data.point_ops import farthest_point_sample, index_points

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lang3d.atomic import atomic_write
-from lang3d.ply import write_point_ply
+from lang3d.training.atomic import atomic_write
+from lang3d.visual.ply import write_point_ply
 
 CLOUD_FORMATS = ("ply", "npz")
 

@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from lang3d.distributed import gather_rows, row_counts
+from lang3d.training.distributed import gather_rows, row_counts
 
 
 def retrieval_scores(query: torch.Tensor, gallery: torch.Tensor, query_labels: torch.Tensor,

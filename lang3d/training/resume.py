@@ -11,7 +11,7 @@ every run.
 * ``CheckpointOnSigterm``: on SIGTERM (a scheduler's pre-emption, ``kill``) Lightning finishes the running
   step and stops; this writes ``last.ckpt`` next to the run's other checkpoints at that clean point, so
   ``--ckpt_path last`` continues from it. After SIGKILL the run resumes from its newest checkpoint.
-* ``newest_checkpoint``: what ``--ckpt_path last`` resumes from (``lang3d.cli``): the newest checkpoint file in
+* ``newest_checkpoint``: what ``--ckpt_path last`` resumes from (``lang3d.training.cli``): the newest checkpoint file in
   the run's checkpoint folders. Lightning's own "last" is the newest ``last*.ckpt``, which is one checkpoint
   behind when a SIGKILL lands between ModelCheckpoint's periodic file and its ``last.ckpt`` copy.
 * ``AtomicCheckpointIO``: a kill at any moment leaves each checkpoint file either as it was or whole, and no
@@ -34,7 +34,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import CombinedLoader, rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lang3d.atomic import atomic_write
+from lang3d.training.atomic import atomic_write
 
 
 class RandomStateCheckpoint(L.Callback):
@@ -137,7 +137,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer for local files, made whole-or-nothing: ``torch.save`` streams into an unnamed
     file in the target's folder (Linux ``O_TMPFILE``), which gets a hidden name only once complete and synced and
     is then moved over the target in one rename. Where unnamed files are not supported, a hidden temporary file
-    beside the target (``lang3d.atomic``) takes its place. Other file systems (s3://, ...) go through Lightning's
+    beside the target (``lang3d.training.atomic``) takes its place. Other file systems (s3://, ...) go through Lightning's
     writer."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:

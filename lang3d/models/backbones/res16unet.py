@@ -11,7 +11,7 @@ Layer plan of PointContrast / Pri3D / SLidR and ME's ``examples/minkunet.py`` (`
 All convolutions are 3-D and bias-free except the head. BatchNorm ``momentum`` has torch semantics
 (``running = (1 - momentum) * running + momentum * batch``); MinkowskiBatchNorm passes it straight to
 ``torch.nn.BatchNorm1d``, as PointContrast does with its default 0.05. Under DDP the BatchNorm layers are
-synchronised by ``lang3d.sync_batchnorm`` (converted in the LightningModules' ``setup``).
+synchronised by ``lang3d.training.sync_batchnorm`` (converted in the LightningModules' ``setup``).
 
 PointContrast / CSC checkpoints of this network (ME 0.4 names and kernel layout) load through
 ``lang3d.convert.pointcontrast.load_res16unet_weights``.

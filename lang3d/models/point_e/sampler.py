@@ -14,8 +14,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from lang3d.point_e.diffusion import NUM_CHANNELS, GaussianDiffusion, unscale_channels
-from lang3d.point_e.karras import karras_sample_progressive
+from lang3d.models.point_e.diffusion import NUM_CHANNELS, GaussianDiffusion, unscale_channels
+from lang3d.models.point_e.karras import karras_sample_progressive
 
 
 @dataclass(frozen=True)

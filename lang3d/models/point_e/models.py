@@ -2,7 +2,7 @@
 
 All models map ``x [B,6,N]`` (scaled xyz+RGB, see ``POINT_E_CHANNEL_SCALES``) and steps ``t [B]`` to
 ``[B,12,N]`` (6 ε channels then 6 variance-interpolation values). Condition tensors come precomputed
-(``lang3d.point_e.clip_condition.CLIPConditioner`` makes them); the models hold no CLIP weights, exactly as the
+(``lang3d.models.point_e.clip_condition.CLIPConditioner`` makes them); the models hold no CLIP weights, exactly as the
 official checkpoints. Token orders (only the last N outputs are read):
 
 - grid models (base40M/300M/1B): ``[time, grid tokens, points]``
@@ -19,8 +19,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from lang3d.checkpoint import CheckpointMismatchError, check_state_dict
-from lang3d.point_e.transformer import PointDiffusionTransformer
+from lang3d.training.checkpoint import CheckpointMismatchError, check_state_dict
+from lang3d.models.point_e.transformer import PointDiffusionTransformer
 
 # Official data scaling (xyz * 2, RGB * (1/127.5) - 1), stored as buffers of the upsampler; values verbatim.
 POINT_E_CHANNEL_SCALES = (2.0, 2.0, 2.0, 0.007843137255, 0.007843137255, 0.007843137255)

@@ -10,11 +10,11 @@ from typing import Any
 
 import lightning as L
 
-from lang3d.outputs import run_output_dir
+from lang3d.training.outputs import run_output_dir
 
 
 class BaseTestWriter(L.Callback, ABC):
-    """Writes what ``test_step`` returns under ``<log dir>/<folder>`` (``lang3d.outputs.run_output_dir``): the test
+    """Writes what ``test_step`` returns under ``<log dir>/<folder>`` (``lang3d.training.outputs.run_output_dir``): the test
     counterpart of Lightning's ``BasePredictionWriter``, which hooks predict only.
 
     The folder is resolved once per test epoch on every process (``trainer.log_dir`` is a collective under DDP);

@@ -1,4 +1,4 @@
-"""Writing coloured point clouds as binary PLY (plyfile), atomically (``lang3d.atomic``)."""
+"""Writing coloured point clouds as binary PLY (plyfile), atomically (``lang3d.training.atomic``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from plyfile import PlyData, PlyElement
 
-from lang3d.atomic import atomic_write
+from lang3d.training.atomic import atomic_write
 
 
 def write_point_ply(path: str | Path, xyz: np.ndarray, rgb: np.ndarray, **scalars: np.ndarray) -> None:

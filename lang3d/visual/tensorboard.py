@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from lang3d.boxes import box_corners
+from lang3d.geometry.boxes import box_corners
 
 
 def colormap(values: np.ndarray) -> np.ndarray:
@@ -83,7 +83,7 @@ def log_image(logger, tag: str, image: np.ndarray, step: int) -> None:
 def bev_boxes_image(points: np.ndarray, box_sets: list[tuple[np.ndarray, tuple[int, int, int]]],
                     size: int = 512, margin: int = 12) -> np.ndarray:
     """Bird's-eye view (x right, y up, centred) of points [N,3] metres, coloured by height (2×2 pixels each),
-    with box outlines on top: ``box_sets`` = [(boxes [M,7] in the ``lang3d.boxes`` convention, RGB colour), ...],
+    with box outlines on top: ``box_sets`` = [(boxes [M,7] in the ``lang3d.geometry.boxes`` convention, RGB colour), ...],
     drawn in order; a line from each box centre to the middle of its +dx face shows the heading.
     Returns uint8 [size, size, 3]."""
     points = np.asarray(points, dtype=np.float64).reshape(-1, 3)

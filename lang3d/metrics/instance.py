@@ -25,7 +25,7 @@ there; 0 is what it returns when those predictions are left out). A class withou
 taking the best still-unmatched instance of its class, TP if that IoU > t; nothing excused; VOC all-point AP with
 the monotone envelope; mAP over 0.50, 0.55, ..., 0.95.
 
-DDP: matching is per scene, so the entry states of ``lang3d.detection_metrics.ScoredMatchMetric`` sync exactly.
+DDP: matching is per scene, so the entry states of ``lang3d.metrics.detection.ScoredMatchMetric`` sync exactly.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from lang3d.detection_metrics import ScoredMatchMetric
+from lang3d.metrics.detection import ScoredMatchMetric
 
 BENCHMARK_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(9))   # 0.50 ... 0.90: np.arange(0.5, 0.95, 0.05)
 GREEDY_VOC_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # 0.50 ... 0.95

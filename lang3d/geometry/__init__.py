@@ -1,0 +1,1 @@
+"""3D geometry: boxes, cameras and voxels, sparse-coordinate lookups."""

@@ -1,0 +1,1 @@
+"""What people look at: TensorBoard pictures, point-splat renders, PLY clouds."""
