@@ -4,25 +4,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lang3d.models.clip import CLIPImagePreprocess, freeze
+from lang3d.models.clip import CLIPImagePreprocess
+from lang3d.training.checkpoint import FrozenPretrained
 
 
-class CLIPImageEncoder(nn.Module):
+class CLIPImageEncoder(FrozenPretrained):
     """images uint8 [B,H,W,3] -> [B,d] embeddings as open_clip ``encode_image`` (not L2-normalised), after the
-    tower's own evaluation transform (``lang3d.models.clip.CLIPImagePreprocess``). Always in eval mode."""
+    tower's own evaluation transform (``lang3d.models.clip.CLIPImagePreprocess``). Holds the visual tower only
+    (``visual``); always in eval mode, never in a checkpoint (``FrozenPretrained``)."""
 
     def __init__(self, model: nn.Module):
-        super().__init__()
         if not hasattr(model, "encode_image") or not hasattr(model, "visual"):
             raise TypeError(f"CLIPImageEncoder needs an open_clip CLIP model, got {type(model).__name__}")
-        self.model = freeze(model)
+        super().__init__(visual=model.visual)
         self.preprocess_images = CLIPImagePreprocess(model.visual)
         self.image_size = self.preprocess_images.image_size
         self.mean, self.std = self.preprocess_images.mean, self.preprocess_images.std
-
-    def train(self, mode: bool = True) -> "CLIPImageEncoder":
-        """Ignores ``mode``: the encoder stays in eval mode."""
-        return super().train(False)
 
     @property
     def preprocessing(self) -> str:
@@ -37,5 +34,5 @@ class CLIPImageEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        weight = next(self.model.visual.parameters())
-        return self.model.encode_image(self.preprocess(images.to(weight.device)).to(weight.dtype))
+        weight = next(self.visual.parameters())
+        return self.visual(self.preprocess(images.to(weight.device)).to(weight.dtype))  # = CLIP.encode_image

@@ -13,7 +13,6 @@ from torch import nn
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from datamodules.modelnet40.prompts import prompt_names, templates
-from lang3d.training.checkpoint import FrozenWeightsNotSaved
 from lang3d.models.clip import CLIPTextEncoder, load_clip
 from lang3d.training.empty_steps import EmptyStepsMixin
 from lang3d.training.embedding_cache import EmbeddingCache, content_key, model_fingerprint
@@ -33,7 +32,7 @@ STAGES = ("val", "test")
 LOSS_TERMS = ("loss", "loss_text", "loss_image")
 
 
-class PointBindAlignment(EmptyStepsMixin, FrozenWeightsNotSaved, L.LightningModule):
+class PointBindAlignment(EmptyStepsMixin, L.LightningModule):
     """Batches: alignment batches hold ``points`` [B,N,3], ``caption`` (B strings) and, when the image term is
     on, ``image`` uint8 [B,H,W,3] (``Cap3DDataModule``); zero-shot batches hold ``points`` and ``label`` [B]
     (``ModelNet40DataModule``). Validation and test take either kind (see ``PointBindDataModule``).
@@ -60,8 +59,6 @@ class PointBindAlignment(EmptyStepsMixin, FrozenWeightsNotSaved, L.LightningModu
             None (both): random initialisation. Both are loaded when a run starts (``load_published``), unless it
             restores a checkpoint; see ``pointbind.pretrained``.
     """
-
-    frozen_prefixes = ("text_encoder.", "image_encoder.")
 
     def __init__(self, encoder: str = "i2pmae", encoder_options: dict | None = None, clip_model: str = "ViT-L-14",
                  clip_pretrained: str | None = "openai", projection_hidden: int = 512, projection_dropout: float = 0.5,
@@ -139,7 +136,8 @@ class PointBindAlignment(EmptyStepsMixin, FrozenWeightsNotSaved, L.LightningModu
             world, rank = (self.trainer.world_size, self.global_rank) if self._trainer is not None else (1, 0)
             path = Path(folder).expanduser() / f"clip_embeddings{'' if world == 1 else f'.rank{rank}'}.h5"
             hp = self.hparams
-            model = f"{hp.clip_model}|{hp.clip_pretrained}|{model_fingerprint(self.text_encoder.model)}"
+            tower = self.text_encoder.model if kind == "text" else self.image_encoder.visual   # the weights used
+            model = f"{hp.clip_model}|{hp.clip_pretrained}|{model_fingerprint(tower)}"
             what = "text" if kind == "text" else f"image|{self.image_encoder.preprocessing}"
             self._caches[kind] = EmbeddingCache(path, f"{model}|{what}")
         return self._caches[kind]

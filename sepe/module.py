@@ -29,7 +29,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from lang3d.training.checkpoint import FrozenWeightsNotSaved
+from lang3d.training.checkpoint import keep_out_of_state_dict
 from lang3d.models.clip import load_clip
 from lang3d.data.sampling import seed_from_names
 from lang3d.models.lora import POINT_E_LORA_TARGETS, apply_lora
@@ -74,7 +74,7 @@ def make_trainable(model: nn.Module, trainable: str, num_blocks: int, lora_rank:
         model.output_proj.requires_grad_(True)
 
 
-class SEPEFineTuning(FrozenWeightsNotSaved, L.LightningModule):
+class SEPEFineTuning(L.LightningModule):
     """SEPE (paper Sec. 3): the fusion module + base40M's last blocks (or LoRA) trained on Cap3D triplets.
 
     Args:
@@ -172,9 +172,10 @@ class SEPEFineTuning(FrozenWeightsNotSaved, L.LightningModule):
             make_trainable(upsampler, trainable, num_trainable_blocks, lora_rank, lora_alpha, up_head)
         elif upsampler is not None:
             self.upsampler = upsampler.requires_grad_(False)   # Point-E's stage 2 as released
-        # CLIP never goes into checkpoints; a frozen file-loaded upsampler neither (it is re-read from its file).
-        frozen_upsampler = upsampler is not None and not self.fused_upsampler and upsampler_checkpoint
-        self.frozen_prefixes = ("clip.",) + (("upsampler.",) if frozen_upsampler else ())
+        # CLIP never goes into checkpoints (FrozenPretrained); a frozen file-loaded upsampler neither (it is re-read
+        # from its file).
+        if upsampler is not None and not self.fused_upsampler and upsampler_checkpoint:
+            keep_out_of_state_dict(self.upsampler)
         self.diffusion = GaussianDiffusion.from_schedule("cosine")
         self.upsampler_diffusion = GaussianDiffusion.from_schedule("linear")
         self._val_shown: dict | None = None

@@ -110,7 +110,7 @@ def test_feature_network_shapes_through_metrics():
     fid.update(_cloud(3, 600, 9), real=False)
     ist.update(clouds)
     assert torch.isfinite(fid.compute()) and 1.0 <= ist.compute()[0].item() <= 40.0
-    assert not any(k.startswith("network") for k in fid.state_dict())   # network is not a sub-module
+    assert not any(k.startswith("frozen") for k in fid.state_dict())   # a sub-module kept out of state dicts
 
 
 def test_r_precision_ranking_logic():

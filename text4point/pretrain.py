@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
-from lang3d.training.checkpoint import FrozenWeightsNotSaved
 from lang3d.models.clip import CLIPDenseImageEncoder, CLIPTextEncoder, load_clip
 from lang3d.data.sampling import seed_from_names
 from lang3d.training.empty_steps import EmptyStepsMixin
@@ -24,7 +23,7 @@ from text4point.image_branch import ImageDecoder, pixel_cells, upsample_to_pixel
 from text4point.network import ENCODER_STRIDE, Text4PointNet
 
 
-class Text4PointPretraining(EmptyStepsMixin, FrozenWeightsNotSaved, L.LightningModule):
+class Text4PointPretraining(EmptyStepsMixin, L.LightningModule):
     """Pre-training module. Batches come from ``ScanNetPairsDataModule`` (see ``collate_point_samples``).
 
     Args:
@@ -46,8 +45,6 @@ class Text4PointPretraining(EmptyStepsMixin, FrozenWeightsNotSaved, L.LightningM
         seed: seeds the per-step pair sampling (so a resumed run samples the same pairs).
         image_log_interval: steps between TensorBoard overlays of matched voxels (0: never).
     """
-
-    frozen_prefixes = ("image_encoder.",)
 
     def __init__(self, clip_model: str = "RN50", clip_pretrained: str | None = "openai",
                  class_names: list[str] | None = None, prompt_template: str = "point cloud of {}.",

@@ -23,6 +23,8 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 from torch import nn
 
+from lang3d.training.checkpoint import FrozenPretrained
+
 CONFIG_DIR = Path(__file__).parent / "clip_configs"
 PROJECT_MODELS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
 
@@ -236,33 +238,29 @@ def interpolate_grid_pos_embed(pos: torch.Tensor, h: int, w: int) -> torch.Tenso
     return torch.cat([pos[:1], grid[0].permute(1, 2, 0).reshape(h * w, -1).to(pos.dtype)], dim=0)
 
 
-class CLIPDenseImageEncoder(nn.Module):
+class CLIPDenseImageEncoder(FrozenPretrained):
     """Frozen ResNet CLIP image tower returning all attention-pool outputs (Text4Point Eq. 1).
 
     ``[h, h_g] = MSA(concat(x, x_g))``: every one of the ``h*w + 1`` tokens (trunk features plus their mean,
     with positional embedding) queries all tokens using the pool's q/k/v/c_proj weights and heads.
-    ``output_stride`` = 32; ``embed_dim`` = d (CLIP joint embedding width). Always in eval mode.
+    ``output_stride`` = 32; ``embed_dim`` = d (CLIP joint embedding width). Holds the visual tower only (``visual``;
+    the text tower is not kept); always in eval mode, never in a checkpoint (``FrozenPretrained``).
     """
 
     output_stride = 32
 
     def __init__(self, model: nn.Module):
-        super().__init__()
         visual = getattr(model, "visual", None)
         if not isinstance(visual, ModifiedResNet):
             raise TypeError(f"CLIPDenseImageEncoder needs a ResNet CLIP (ModifiedResNet visual tower), "
                             f"got {type(visual).__name__}")
-        self.visual = freeze(visual)
+        super().__init__(visual=visual)
         self.embed_dim = visual.output_dim
         cfg = getattr(visual, "preprocess_cfg", {})
         mean = cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)
         std = cfg.get("std", open_clip.OPENAI_DATASET_STD)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-
-    def train(self, mode: bool = True) -> "CLIPDenseImageEncoder":
-        """Ignores ``mode``: the encoder stays in eval mode (BatchNorm statistics never move)."""
-        return super().train(False)
 
     def trunk(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised ResNet trunk: images [B,3,H,W] in [0,1] -> features [B,C,H//32,W//32] (C = 32*width)."""
@@ -308,26 +306,39 @@ def class_prompts(class_names: list[str], template: str = "point cloud of {}.") 
     return [template.format(name) for name in class_names]
 
 
-class CLIPTextEncoder(nn.Module):
+class CLIPTextTower(nn.Module):
+    """The text tower's parts of an open_clip ``CLIP`` model, the same modules and tensors under open_clip's names
+    (``token_embedding``, ``positional_embedding`` [L,width], ``transformer``, ``ln_final``, ``text_projection``,
+    causal ``attn_mask`` [L,L]), without the visual tower."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.token_embedding = model.token_embedding
+        self.positional_embedding = model.positional_embedding
+        self.transformer = model.transformer
+        self.ln_final = model.ln_final
+        self.text_projection = model.text_projection
+        self.register_buffer("attn_mask", model.attn_mask, persistent=False)
+
+
+class CLIPTextEncoder(FrozenPretrained):
     """Frozen CLIP text tower: texts -> [K,d] embeddings exactly as open_clip ``encode_text`` (NOT L2-normalised).
 
     ``encode_token_embeddings`` runs the frozen transformer on given token embeddings so that learnable
     prompt context (CoOp) can be inserted; gradients flow to those embeddings.
+
+    Holds the text tower only (``model``: ``CLIPTextTower``; the visual tower is not kept, so a module that only
+    embeds text never moves it to a device); always in eval mode, never in a checkpoint (``FrozenPretrained``).
     """
 
     def __init__(self, model: nn.Module, tokenizer):
-        super().__init__()
         if not hasattr(model, "token_embedding") or getattr(model, "text_pool_type", None) != "argmax":
             raise TypeError(f"CLIPTextEncoder needs an open_clip CLIP model with the built-in text transformer "
                             f"and argmax (EOT) pooling, got {type(model).__name__}")
-        self.model = freeze(model)
+        super().__init__(model=CLIPTextTower(model))
         self.tokenizer = tokenizer
         self.embed_dim = model.text_projection.shape[-1] if not isinstance(model.text_projection, nn.Linear) \
             else model.text_projection.out_features
-
-    def train(self, mode: bool = True) -> "CLIPTextEncoder":
-        """Ignores ``mode``: the encoder stays in eval mode."""
-        return super().train(False)
 
     @property
     def width(self) -> int:

@@ -29,27 +29,26 @@ class PromptLearner(nn.Module):
     """CoOp prompts: class k -> ``[SOS] ctx_1 .. ctx_n [tokens of "<name_k>."] [EOT]`` -> frozen text tower -> [d].
 
     Args:
-        text_encoder: the frozen CLIP text tower (kept by reference, see "Device and dtype" below).
+        text_encoder: the frozen CLIP text tower, held as the submodule ``text_encoder``.
         class_names: the K class names, used verbatim.
         n_ctx: number of learnable context vectors (paper: 8). Default 8, or the token count of ``ctx_init``.
         ctx_init: optional phrase (e.g. "point cloud of") whose token embeddings initialise the context;
             otherwise the context is drawn from normal(0, 0.02).
 
-    Parameters: only ``ctx`` [n_ctx, width] (the ``state_dict`` holds nothing else). The frozen token embeddings
+    State: only ``ctx`` [n_ctx, width] trains and is saved: the text encoder is a ``FrozenPretrained`` submodule
+    (``requires_grad=False``, always in eval mode, never in a state dict or checkpoint). The frozen token embeddings
     of [SOS] (``prefix`` [K, 1, width]) and of the class name, ".", [EOT] and padding (``suffix``
     [K, L-1-n_ctx, width], L = CLIP's context length) are non-persistent buffers snapshotted at construction.
 
     Caching rule: in train mode every call recomputes (with gradients to ``ctx``). In eval mode the first call
     computes the embeddings without gradients and later calls return that same tensor, as long as ``ctx`` is the
-    same tensor object with the same storage and version counter. Any in-place change of ``ctx`` (optimizer step,
-    ``load_state_dict``, ``ctx.copy_`` under no_grad), replacing it, ``train()``, or moving/casting the module
-    drops the cache. Writes through ``ctx.data`` bypass the version counter: do not use them. Do not modify the
-    returned tensor in place.
+    same tensor object with the same storage, version counter, device and dtype. Any in-place change of ``ctx``
+    (optimizer step, ``load_state_dict``, ``ctx.copy_`` under no_grad), replacing it, ``train()``, or moving/casting
+    the module drops the cache. Writes through ``ctx.data`` bypass the version counter: do not use them. Do not
+    modify the returned tensor in place.
 
-    Device and dtype: the text encoder is not a submodule (so its weights stay out of checkpoints and
-    optimizers), but ``.to()``, ``.cuda()``, ``.double()`` etc. on this module (or any module owning it) also
-    apply to the encoder. Note that the encoder's whole CLIP model moves with it. ``to_empty`` would empty the
-    encoder's weights too: do not use it on this module.
+    Device and dtype: ``.to()``, ``.cuda()``, ``.double()`` etc. on this module (or any module owning it) apply to
+    the text encoder as to any submodule; it holds CLIP's text tower only.
     """
 
     def __init__(self, text_encoder: CLIPTextEncoder, class_names: list[str], n_ctx: int | None = None,
@@ -59,7 +58,7 @@ class PromptLearner(nn.Module):
             raise TypeError("PromptLearner needs a lang3d.models.clip.CLIPTextEncoder, "
                             f"got {type(text_encoder).__name__}")
         self.class_names = _check_class_names(class_names)
-        object.__setattr__(self, "_text_encoder", text_encoder)  # plain attribute: not a registered submodule
+        self.text_encoder = text_encoder
         embedding = text_encoder.model.token_embedding
         with torch.no_grad():
             if ctx_init is not None:
@@ -89,7 +88,7 @@ class PromptLearner(nn.Module):
         self.register_buffer("suffix", full[:, 1 + n_ctx:].clone(), persistent=False)
         self.register_buffer("eot", eot, persistent=False)
         self.embed_dim = text_encoder.embed_dim
-        self._cache: tuple[nn.Parameter, tuple[int, int], torch.Tensor] | None = None  # (ctx, key, embeddings)
+        self._cache: tuple[nn.Parameter, tuple, torch.Tensor] | None = None  # (ctx, key, embeddings)
 
     def _tokenize(self, prompts: list[str]) -> torch.Tensor:
         """Prompts -> token ids [K, L]; raises if a prompt does not fit into the context length L."""
@@ -103,20 +102,8 @@ class PromptLearner(nn.Module):
         return enc.tokenize(prompts)
 
     @property
-    def text_encoder(self) -> CLIPTextEncoder:
-        """The frozen text tower (not a submodule)."""
-        return self._text_encoder
-
-    @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-    def _apply(self, fn, recurse: bool = True):
-        """Moves/casts this module and the text encoder together; drops the eval cache."""
-        super()._apply(fn, recurse)
-        self._text_encoder._apply(fn, recurse)
-        self._cache = None
-        return self
 
     def train(self, mode: bool = True) -> "PromptLearner":
         self._cache = None
@@ -132,7 +119,7 @@ class PromptLearner(nn.Module):
         if self.training:
             return self._embed()
         ctx = self.ctx
-        key = (ctx.data_ptr(), ctx._version)
+        key = (ctx.data_ptr(), ctx._version, ctx.device, ctx.dtype)
         if self._cache is None or self._cache[0] is not ctx or self._cache[1] != key:
             with torch.no_grad():
                 self._cache = (ctx, key, self._embed())

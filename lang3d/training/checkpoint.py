@@ -1,10 +1,11 @@
-"""Checkpoints: leaving frozen pretrained weights (CLIP) out of them, reading untrusted checkpoint files safely,
-and loading pretrained tensors by name with a report of what was loaded."""
+"""Checkpoints: frozen pretrained networks (CLIP) held by modules but left out of them, reading untrusted checkpoint
+files safely, and loading pretrained tensors by name with a report of what was loaded."""
 from __future__ import annotations
 
 import pickle
 import re
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,24 +16,53 @@ import torch
 from torch import nn
 
 
-class FrozenWeightsNotSaved:
-    """Mixin for LightningModules: tensors under ``frozen_prefixes`` are left out of checkpoints, and loading
-    tolerates exactly those being absent (anything else missing or unexpected is still an error)."""
+class _AllTensors(OrderedDict):
+    """A state-dict destination asking for every tensor, those ``keep_out_of_state_dict`` hides included."""
 
-    frozen_prefixes: tuple[str, ...] = ()
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith(self.frozen_prefixes)]:
-            del state[key]
+def _drop_entries(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    if not isinstance(state_dict, _AllTensors):
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            del state_dict[key]
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        missing = [k for k in result.missing_keys if not k.startswith(self.frozen_prefixes)]
-        if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(f"checkpoint does not match {type(self).__name__}: missing {missing[:10]}"
-                               f"{' …' if len(missing) > 10 else ''}, unexpected {result.unexpected_keys[:10]}")
-        return result
+
+def _fill_absent(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                 missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+    for key, tensor in module.state_dict(destination=_AllTensors(), prefix=prefix, keep_vars=True).items():
+        state_dict.setdefault(key, tensor)
+
+
+def keep_out_of_state_dict(module: nn.Module) -> nn.Module:
+    """Leave ``module``'s tensors out of every state dict (its own and that of any module holding it, at any depth:
+    so out of Lightning checkpoints), and let a state dict without them load: an absent tensor keeps its value,
+    while any other missing or unexpected tensor is still an error. Uses torch's public state-dict hooks on this
+    instance; the module stays a registered submodule (``.to()``, ``named_modules``). Returns ``module``.
+
+    For networks re-read from their own files (frozen pretrained weights); ``FrozenPretrained`` builds on it."""
+    module.register_state_dict_post_hook(_drop_entries)
+    module.register_load_state_dict_pre_hook(_fill_absent)
+    return module
+
+
+class FrozenPretrained(nn.Module):
+    """Frozen pretrained networks owned by a module (a CLIP tower, point-e's evaluation PointNet++): registered
+    submodules (``.to()``, ``.cuda()``, ``named_modules`` see them), every parameter ``requires_grad=False``, always
+    in eval mode (``train()`` is ignored, so BatchNorm statistics never move), and never in a state dict or a
+    checkpoint (``keep_out_of_state_dict``).
+
+    ``FrozenPretrained(name=network, ...)`` holds each network under its name (and freezes it in place); the CLIP
+    encoders subclass it, passing the towers they use."""
+
+    def __init__(self, **networks: nn.Module):
+        super().__init__()
+        for name, network in networks.items():
+            self.add_module(name, network.requires_grad_(False))
+        self.train(False)
+        keep_out_of_state_dict(self)
+
+    def train(self, mode: bool = True) -> "FrozenPretrained":
+        """Ignores ``mode``: stays in eval mode."""
+        return super().train(False)
 
 
 class CheckpointMismatchError(RuntimeError):

@@ -6,7 +6,7 @@ from torchmetrics import Metric
 
 from lang3d.data.point_ops import index_points
 from lang3d.models.point_e.eval_pointnet import POINT_E_DEVICE_BATCH_SIZE, features_and_logits
-from sepe.metrics.held_networks import hold_network, network_on
+from lang3d.training.checkpoint import FrozenPretrained
 
 
 class EvalNetworkMetric(Metric):
@@ -14,14 +14,20 @@ class EvalNetworkMetric(Metric):
     point-e's feature extractor does, counting the clouds of each stream (the FPS start index of a cloud is its
     position in its batch of ``device_batch_size``). All clouds are brought to ``num_points`` points (a seeded random
     subset of each; a cloud with fewer points is an error), or, with ``num_points`` None, must all have the same
-    count: the network's grouping depends on the point density, so both sets must be sampled alike."""
+    count: the network's grouping depends on the point density, so both sets must be sampled alike. The network is
+    held frozen (``FrozenPretrained``: eval mode, moves with the metric, never in a checkpoint) and is ``network``."""
 
     def __init__(self, network: torch.nn.Module, num_points: int | None = None, seed: int = 0,
                  device_batch_size: int = POINT_E_DEVICE_BATCH_SIZE, **kwargs):
         super().__init__(**kwargs)
-        hold_network(self, "network", network)
+        self.frozen = FrozenPretrained(network=network)
         self.num_points, self.seed, self.device_batch_size = num_points, seed, device_batch_size
         self._points_seen: int | None = None
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The frozen evaluation network."""
+        return self.frozen.network
 
     def reset(self) -> None:
         super().reset()
@@ -37,10 +43,8 @@ class EvalNetworkMetric(Metric):
                              f"got {tuple(clouds.shape)}")
         seen = getattr(self, stream)
         xyz = self._same_point_count(xyz.float(), int(seen))
-        net = network_on(self.network, clouds.device)
-        if net.training:
-            raise ValueError(f"{type(net).__name__} is in training mode; call .eval() before using it for metrics")
-        out = features_and_logits(net, xyz, int(seen), self.device_batch_size)
+        device = next(self.network.parameters()).device   # the metric's, normally already the clouds'
+        out = features_and_logits(self.network, xyz.to(device), int(seen), self.device_batch_size)
         setattr(self, stream, seen + xyz.shape[0])
         return out
 

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torchmetrics import Metric
 
 from lang3d.data.point_ops import normalize_unit_sphere
+from lang3d.training.checkpoint import FrozenPretrained
 from lang3d.visual.render import render_views
 from sepe.geometric_losses import _check_cloud
-from sepe.metrics.held_networks import hold_network, network_on
 
 
 def r_precision_hits(image_emb: torch.Tensor, text_emb: torch.Tensor, num_distractors: int, top_k: int = 1,
@@ -47,7 +47,8 @@ class CLIPRPrecision(Metric):
     name (``sample_key``) before drawing, so the score is the same for any number of DDP processes and any batch
     order.
 
-    ``clip_model``, ``tokenizer``: as ``lang3d.models.clip.load_clip`` returns (paper: ViT-B/32 and ViT-L/14)."""
+    ``clip_model``, ``tokenizer``: as ``lang3d.models.clip.load_clip`` returns (paper: ViT-B/32 and ViT-L/14). The
+    model is held frozen (``FrozenPretrained``: moves with the metric, never in a checkpoint) and is ``clip``."""
 
     higher_is_better = True
 
@@ -55,7 +56,7 @@ class CLIPRPrecision(Metric):
                  azimuths: tuple[float, ...] = (0.0, 90.0, 180.0, 270.0), elevation: float = 20.0,
                  distance: float = 2.8, fov: float = 45.0, radius: int = 1, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
-        hold_network(self, "clip", clip_model)
+        self.frozen = FrozenPretrained(clip=clip_model)
         self.tokenizer = tokenizer
         self.num_distractors, self.top_k, self.seed = num_distractors, top_k, seed
         self.render_kwargs = dict(azimuths=azimuths, elevation=elevation, distance=distance, fov=fov, radius=radius)
@@ -67,6 +68,11 @@ class CLIPRPrecision(Metric):
         self.add_state("text_emb", [], dist_reduce_fx="cat")
         self.add_state("keys", [], dist_reduce_fx="cat")
 
+    @property
+    def clip(self) -> torch.nn.Module:
+        """The frozen CLIP model."""
+        return self.frozen.clip
+
     @torch.no_grad()
     def embed_clouds(self, clouds: torch.Tensor) -> torch.Tensor:
         """clouds [B,6,N] -> normalised mean-of-views CLIP image embeddings [B,d] float32."""
@@ -76,9 +82,9 @@ class CLIPRPrecision(Metric):
         views = render_views(xyz, rgb, image_size=self.image_size, **self.render_kwargs)   # [B,V,3,S,S]
         b, v = views.shape[:2]
         pixels = (views.flatten(0, 1) - self.mean.to(views.device)) / self.std.to(views.device)
-        clip = network_on(self.clip, clouds.device)
-        emb = F.normalize(clip.encode_image(pixels).float(), dim=-1).view(b, v, -1).mean(1)
-        return F.normalize(emb, dim=-1)
+        device = next(self.clip.parameters()).device      # the metric's, normally already the clouds'
+        emb = F.normalize(self.clip.encode_image(pixels.to(device)).float(), dim=-1).view(b, v, -1).mean(1)
+        return F.normalize(emb, dim=-1).to(clouds.device)
 
     @torch.no_grad()
     def embed_captions(self, captions: list[str]) -> torch.Tensor:

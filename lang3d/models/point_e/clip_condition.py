@@ -15,13 +15,15 @@ from open_clip.transformer import VisionTransformer
 from PIL import Image
 from torch import nn
 
-from lang3d.models.clip import CLIPImagePreprocess, freeze, load_clip
+from lang3d.models.clip import CLIPImagePreprocess, load_clip
+from lang3d.training.checkpoint import FrozenPretrained
 
 ImageInput = torch.Tensor | Sequence[Image.Image | np.ndarray]
 
 
-class CLIPConditioner(nn.Module):
-    """Frozen open_clip ViT (class-token model) producing Point-E's condition tensors. Always in eval mode.
+class CLIPConditioner(FrozenPretrained):
+    """Frozen open_clip ViT (class-token model) producing Point-E's condition tensors, from both towers (``model``).
+    Always in eval mode, never in a checkpoint (``FrozenPretrained``).
 
     Images: a float tensor [B,3,H,W] in [0,1], or a sequence of PIL images / uint8 [H,W,3] arrays. They are
     preprocessed as CLIP's eval transform (bicubic resize of the shorter side to the model's size, e.g. 224,
@@ -29,12 +31,11 @@ class CLIPConditioner(nn.Module):
     """
 
     def __init__(self, model: nn.Module, tokenizer):
-        super().__init__()
         visual = getattr(model, "visual", None)
         if not isinstance(visual, VisionTransformer) or visual.attn_pool is not None or visual.pool_type != "tok":
             raise TypeError(f"CLIPConditioner needs an open_clip ViT with a class token (pool_type 'tok', no "
                             f"attentional pool), got visual tower {type(visual).__name__}")
-        self.model = freeze(model)
+        super().__init__(model=model)
         self.tokenizer = tokenizer
         self.preprocess_images = CLIPImagePreprocess(visual)
 
@@ -44,10 +45,6 @@ class CLIPConditioner(nn.Module):
         """Load via ``lang3d.models.clip.load_clip`` (tag, local file or None = random init; nothing is downloaded
         offline). The default is Point-E's CLIP, OpenAI ViT-L/14."""
         return cls(*load_clip(model_name, pretrained, cache_dir=cache_dir))
-
-    def train(self, mode: bool = True) -> "CLIPConditioner":
-        """Ignores ``mode``: CLIP stays in eval mode."""
-        return super().train(False)
 
     @property
     def grid_tokens(self) -> int:
