@@ -2,6 +2,7 @@
 #   make install               virtual environment + MinkowskiEngine (cached wheel after the first build)
 #   make test                  the test suite (CPU; what CI runs; tests marked slow left out)
 #   make test-full             the whole suite, slow tests included (every config at its shipped batch size)
+#   make check-learning        every learning test at seeds 0-2 and at 1 and 2 threads (long)
 #   make pretrain-text4point   Text4Point pre-training; SCANNET=/path/to/scannet for real data,
 #                              otherwise a demo on built-in synthetic ScanNet scenes
 #   make finetune-s3dis        Text4Point fine-tuning on S3DIS; S3DIS=/path/to/s3dis CKPT=/path/to/pretrain.ckpt,
@@ -40,7 +41,7 @@ SUNRGBD ?=
 SYNTHETIC_SUNRGBD ?= data/synthetic/sunrgbd
 ARGS ?=
 
-.PHONY: install test test-full pretrain-text4point finetune-s3dis finetune-s3dis-ins finetune-scannet-det finetune-sunrgbd-det sepe pointbind demo benchmark bench synthetic-scannet synthetic-s3dis clean-venv gpu-check check-cuda-build
+.PHONY: install test test-full check-learning pretrain-text4point finetune-s3dis finetune-s3dis-ins finetune-scannet-det finetune-sunrgbd-det sepe pointbind demo benchmark bench synthetic-scannet synthetic-s3dis clean-venv gpu-check check-cuda-build
 
 install: $(STAMP)
 
@@ -52,6 +53,9 @@ test: $(STAMP)
 
 test-full: $(STAMP)
 	$(PY) -m pytest -m "slow or not slow"
+
+check-learning: $(STAMP)
+	VENV=$(VENV) bash scripts/check_learning_tests.sh
 
 $(SYNTHETIC_SCANNET)/scannetv2_train.txt: | $(STAMP)
 	$(PY) -m datamodules.synthetic.scannet --out $(SYNTHETIC_SCANNET) --scenes 3 --frames 40

@@ -31,5 +31,18 @@ def _seeded():
     np.random.seed(0)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--learning-seed", type=int, default=0,
+                     help="seed of the tests marked 'learning' (scripts/check_learning_tests.sh runs 0, 1 and 2)")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "ddp: runs the CLI under Lightning DDP with 2 CPU processes (gloo)")
+    config.addinivalue_line("markers", "learning: a training run whose result is asserted with a margin; seeded by "
+                                       "--learning-seed (scripts/check_learning_tests.sh: seeds 0-2, 1 and 2 threads)")
+
+
+@pytest.fixture
+def learning_seed(request) -> int:
+    """The seed a 'learning' test trains with (``--learning-seed``, default 0)."""
+    return request.config.getoption("--learning-seed")

@@ -69,7 +69,8 @@ class Captioned(Dataset):
         return {"points": shape["points"], "caption": self.template.format(self.names[int(shape["label"])])}
 
 
-def test_zero_shot_after_short_training_is_far_above_chance(tmp_path):
+@pytest.mark.learning
+def test_zero_shot_after_short_training_is_far_above_chance(tmp_path, learning_seed):
     """Six synthetic classes (8 train / 4 held-out shapes each, randomly turned): aligning a tiny encoder to the
     captions' text embeddings for 200 CPU steps classifies the held-out shapes zero-shot, chance being 1/6. One
     template for captions and classes: the random text tower cannot tell class words from template words, so
@@ -78,7 +79,7 @@ def test_zero_shot_after_short_training_is_far_above_chance(tmp_path):
     generate_modelnet40(root, CLASSES, train_per_class=8, test_per_class=4, points=512, formats=("resampled",))
     (root / "modelnet40_normal_resampled" / "modelnet40_shape_names.txt").write_text("\n".join(CLASSES) + "\n")
     whitened_tiny_clip(tmp_path / "clip.pt", template, prompt_names())
-    L.seed_everything(0)
+    L.seed_everything(learning_seed)
     data = ModelNet40DataModule(str(root), num_points=256, batch_size=12, num_workers=0, fps_cache=False)
     assert data.dataset("test").names == [f"{c}_{k:04d}" for c in CLASSES for k in range(9, 13)]  # held out
     train = DataLoader(Captioned(data.dataset("train"), CLASSES, template), batch_size=12, shuffle=True,

@@ -47,9 +47,10 @@ def batch_of(root):
     return next(iter(dm.train_dataloader()))
 
 
+@pytest.mark.learning
 @pytest.mark.parametrize("fusion", ["concat", "cross_attention"])
-def test_diffusion_loss_falls(cap3d_root, fusion):
-    torch.manual_seed(0)
+def test_diffusion_loss_falls(cap3d_root, fusion, learning_seed):
+    torch.manual_seed(learning_seed)
     module = make_module(fusion=fusion, upsample_points=0)
     batch = batch_of(cap3d_root)
     opt = module.configure_optimizers()
