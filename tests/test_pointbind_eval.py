@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from lang3d.models.clip import CLIPTextEncoder, load_clip
 from pointbind.arithmetic import compose, composed_retrieval, nearest
-from lang3d.metrics.retrieval import EmbeddingBank, retrieval_scores
+from lang3d.metrics.retrieval import EmbeddingBank, retrieval_scores, stable_rank_scores
 from pointbind.zeroshot import average_templates, class_text_embeddings, topk_accuracy, zero_shot_logits
 
 
@@ -158,3 +158,19 @@ def test_arithmetic_predict_writes_the_nearest_gallery_items(tmp_path):
     assert all(len(r["nearest"]) == 2 and r["nearest"][0]["score"] >= r["nearest"][1]["score"] for r in results)
     with pytest.raises(ArithmeticInputError, match="exactly one of"):
         ArithmeticQueriesDataModule([{"points": str(cloud)}], gallery_texts=gallery)
+
+
+def test_retrieval_ranks_exact_ties_in_gallery_order_and_counts_negative_cosines():
+    """Duplicated gallery rows (exact ties, relevant and not) and queries whose every cosine is negative: the scores
+    are the naive stable ranking's (torchmetrics on raw cosines would order ties arbitrarily and drop items <= 0)."""
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(5, 4, generator=g)
+    gallery = base.repeat_interleave(4, 0)                          # 4 exact copies of each of 5 rows
+    glab = torch.arange(20) % 3                                     # copies carry different labels
+    query = torch.cat([base, -base])                                # -base: cosine -1 with its own copies
+    qlab = torch.randint(0, 3, (10,), generator=g)
+    got = retrieval_scores(query, gallery, qlab, glab, ks=(1, 2, 3))
+    expected = naive_scores(query, gallery, qlab, glab, (1, 2, 3))
+    for key, value in expected.items():
+        assert got[key].item() == pytest.approx(value, abs=1e-6), key
+    assert stable_rank_scores(torch.tensor([[0.5, -1.0, 0.5, -1.0]])).tolist() == [[4.0, 2.0, 3.0, 1.0]]

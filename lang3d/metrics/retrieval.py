@@ -12,8 +12,20 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics.functional.retrieval import retrieval_average_precision, retrieval_hit_rate
 
 from lang3d.training.distributed import gather_rows, row_counts
+
+
+def stable_rank_scores(sim: torch.Tensor) -> torch.Tensor:
+    """Similarities [q, G] -> scores [q, G] float: G for each row's most similar item down to 1 for its least, exact
+    ties in gallery order (a stable sort). Strictly positive and distinct, so torchmetrics' retrieval functions
+    rank exactly by them: on raw cosines they would break ties by an unstable sort (scores would change with the
+    order DDP gathers the gallery in) and count items scored <= 0 (negative cosines) as never retrieved."""
+    order = sim.argsort(dim=1, descending=True, stable=True)
+    positions = torch.arange(sim.shape[1], device=sim.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, positions)                       # 0 = first
+    return (sim.shape[1] - rank).float()
 
 
 def retrieval_scores(query: torch.Tensor, gallery: torch.Tensor, query_labels: torch.Tensor,
@@ -21,13 +33,11 @@ def retrieval_scores(query: torch.Tensor, gallery: torch.Tensor, query_labels: t
                      chunk: int = 1024) -> dict[str, torch.Tensor]:
     """Queries [Q,D] against gallery [G,D] -> {"R@k": ..., "mAP": ..., "queries": count}.
 
-    R@k: fraction of queries with at least one relevant item among the k first. mAP: mean over queries of the
-    average precision (1/R) Σ_{relevant ranks r} precision@r over the whole ranking. Ties rank in gallery order
-    (a stable sort). Not torchmetrics' retrieval functions: they break ties by an unstable sort (scores then
-    change with the order DDP gathers the gallery in) and count items scored <= 0 (negative cosines) as never
-    retrieved. ``exclude_self`` (query
-    set = gallery set, e.g. 3D->3D) removes each query from its own gallery. Queries with no relevant item are
-    left out of every score (counted out of ``queries``).
+    R@k: fraction of queries with at least one relevant item among the k first (torchmetrics' hit rate). mAP: mean
+    over queries of the average precision (1/R) Σ_{relevant ranks r} precision@r over the whole ranking
+    (torchmetrics' average precision). Both read the ranking of ``stable_rank_scores``: ties in gallery order.
+    ``exclude_self`` (query set = gallery set, e.g. 3D->3D) removes each query from its own gallery. Queries with no
+    relevant item are left out of every score (counted out of ``queries``).
     """
     if exclude_self and len(query) != len(gallery):
         raise ValueError("exclude_self needs the queries to be the gallery itself")
@@ -35,8 +45,8 @@ def retrieval_scores(query: torch.Tensor, gallery: torch.Tensor, query_labels: t
         raise ValueError(f"retrieval needs a non-empty gallery and one label per item: query {len(query)} / "
                          f"{len(query_labels)} labels, gallery {len(gallery)} / {len(gallery_labels)} labels")
     query, gallery = F.normalize(query.float(), dim=-1), F.normalize(gallery.float(), dim=-1)
-    hits = {k: query.new_zeros(()) for k in ks}
-    ap_sum, counted = query.new_zeros(()), 0
+    hits: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
+    precisions: list[torch.Tensor] = []
     for start in range(0, len(query), chunk):
         sim = query[start:start + chunk] @ gallery.T                                     # [q, G]
         relevant = query_labels[start:start + chunk, None].to(gallery_labels.device) == gallery_labels[None]
@@ -44,19 +54,15 @@ def retrieval_scores(query: torch.Tensor, gallery: torch.Tensor, query_labels: t
             rows = torch.arange(len(sim), device=sim.device)
             sim[rows, rows + start] = float("-inf")
             relevant[rows, rows + start] = False
-        order = sim.argsort(dim=1, descending=True, stable=True)
-        rel = relevant.gather(1, order).float()                                          # [q, G] by rank
-        keep = rel.sum(1) > 0
-        rel = rel[keep]
-        counted += int(keep.sum())
-        for k in ks:
-            hits[k] += rel[:, :k].amax(1).sum()
-        ranks = torch.arange(1, rel.shape[1] + 1, device=rel.device)
-        precision = rel.cumsum(1) / ranks
-        ap_sum += ((precision * rel).sum(1) / rel.sum(1).clamp(min=1)).sum()
-    denom = max(counted, 1)
-    scores = {f"R@{k}": hits[k] / denom for k in ks}
-    scores["mAP"] = ap_sum / denom
+        keep = relevant.any(1)
+        for scores, rel in zip(stable_rank_scores(sim[keep]), relevant[keep]):
+            for k in ks:
+                hits[k].append(retrieval_hit_rate(scores, rel, top_k=k))
+            precisions.append(retrieval_average_precision(scores, rel))
+    counted = len(precisions)
+    zero = query.new_zeros(())
+    scores = {f"R@{k}": torch.stack(hits[k]).mean() if counted else zero for k in ks}
+    scores["mAP"] = torch.stack(precisions).mean() if counted else zero
     scores["queries"] = torch.tensor(float(counted))
     return scores
 
