@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from functools import partial
 
 import lightning as L
 import torch
@@ -18,6 +19,7 @@ from datamodules.synthetic.scannet_detection import generate_scannet_detection
 from datamodules.synthetic.sunrgbd import generate_sunrgbd
 from lang3d.training.timing import optimizer_step, record, seconds_per_call
 from text4point import Text4PointDetection
+from text4point.guided_net import LanguageGuidedNet
 
 
 def datamodule(dataset: str, root: str, points: int, batch_size: int):
@@ -47,9 +49,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         dm, bins = datamodule(args.dataset, root, points, args.batch_size)
         dm.setup("fit")
-        model = Text4PointDetection(dm.class_names, num_heading_bin=bins, oriented=dm.oriented,
-                                    mean_size=torch.as_tensor(dm.mean_size).tolist(), clip_model=args.clip_model,
-                                    clip_pretrained=None).to(device)
+        network = partial(LanguageGuidedNet, clip_model=args.clip_model, clip_pretrained=None)
+        model = Text4PointDetection(dm.class_names, network=network, num_heading_bin=bins, oriented=dm.oriented,
+                                    mean_size=torch.as_tensor(dm.mean_size).tolist()).to(device)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
         train_batch = next(iter(dm.train_dataloader()))
         voxels = len(train_batch["coord"])

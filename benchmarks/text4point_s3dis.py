@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from functools import partial
 
 import lightning as L
 import torch
@@ -17,6 +18,7 @@ from datamodules import S3DISDataModule
 from datamodules.synthetic.s3dis import generate_s3dis
 from lang3d.training.timing import optimizer_step, record, seconds_per_call
 from text4point import Text4PointSegmentation
+from text4point.guided_net import LanguageGuidedNet
 
 
 def main() -> None:
@@ -34,7 +36,8 @@ def main() -> None:
         dm = S3DISDataModule(root, areas=(1, 5), batch_size=args.batch_size, num_workers=0)
         dm.prepare_data()
         dm.setup("fit")
-        model = Text4PointSegmentation(list(dm.class_names), clip_model=args.clip_model, clip_pretrained=None).to(device)
+        network = partial(LanguageGuidedNet, clip_model=args.clip_model, clip_pretrained=None)
+        model = Text4PointSegmentation(list(dm.class_names), network=network).to(device)
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
         train_batch = next(iter(dm.train_dataloader()))
         voxels = len(train_batch["coord"])

@@ -11,6 +11,7 @@
 import argparse
 import importlib.util
 import json
+from functools import partial
 from pathlib import Path
 
 import MinkowskiEngine as ME
@@ -200,13 +201,15 @@ def test_text4point_fine_tuning_starts_from_a_pointcontrast_tag(published_file, 
     """``model.pretrained: pointcontrast_nce`` (configs/text4point/ablations/pointcontrast.yaml): the published
     file from the checkpoint folder, converted at load time into the segmentation model's SR-UNet34."""
     from text4point import Text4PointSegmentation
+    from text4point.guided_net import LanguageGuidedNet
 
     path, _ = published_file
     monkeypatch.setenv("LANG3D_CACHE", str(tmp_path))
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "nce.pth").write_bytes(path.read_bytes())
-    model = Text4PointSegmentation(["wall", "floor", "chair"], clip_model="lang3d-tiny-RN", clip_pretrained=None,
-                                   use_tqm=False, pretrained="pointcontrast_nce", text_mode="fixed")
+    network = partial(LanguageGuidedNet, clip_model="lang3d-tiny-RN", clip_pretrained=None, use_tqm=False,
+                      text_mode="fixed")
+    model = Text4PointSegmentation(["wall", "floor", "chair"], network=network, pretrained="pointcontrast_nce")
     reference = Res16UNet34C(3, 32)
     load_res16unet_weights(reference, path)
     loaded = model.guided.net.backbone.state_dict()

@@ -29,6 +29,10 @@ from lang3d.training.cli import main as cli_main
 REPO = Path(__file__).resolve().parents[1]
 TEXT4POINT = REPO / "configs" / "text4point"
 TINY_RN = ["--model.clip_model", "lang3d-tiny-RN", "--model.clip_pretrained", "null", "--data.num_workers", "0"]
+# the downstream tasks' CLIP is an argument of their language-guided network (model.network), given as a dict:
+# jsonargparse reads "null" given to a nested class's argument on the command line as the string "None"
+TINY_RN_NETWORK = ["--model.network", json.dumps({"init_args": {"clip_model": "lang3d-tiny-RN", "clip_pretrained": None}}),
+                   "--data.num_workers", "0"]
 # The synthetic data sets hold exactly one training and one validation batch (one epoch = one step).
 ONE_STEP = ["--trainer.max_steps", "1", "--trainer.check_val_every_n_epoch", "1", "--trainer.num_sanity_val_steps", "0",
             "--trainer.log_every_n_steps", "1",
@@ -137,7 +141,7 @@ def s3dis_rooms(tmp_path_factory):
 @pytest.mark.parametrize("config", ["finetune_s3dis.yaml", "instance_s3dis.yaml"])
 def test_s3dis_configs_at_shipped_voxel_size_on_a_40_m_hallway(config, s3dis_hallway, tmp_path):
     """A batch of one room, the 40 m hallway, in training and in validation."""
-    seen, _ = fit_one_step(TEXT4POINT / config, tmp_path, *TINY_RN, "--data.root", str(s3dis_hallway),
+    seen, _ = fit_one_step(TEXT4POINT / config, tmp_path, *TINY_RN_NETWORK, "--data.root", str(s3dis_hallway),
                            "--data.areas", "[1, 5]", "--data.batch_size", "1")
     (train,), (val,) = seen["train"], seen["val"]
     assert train["samples"] == val["samples"] == 1 and train["voxel_size"] == val["voxel_size"] == 0.05
@@ -151,7 +155,7 @@ def test_s3dis_configs_at_shipped_batch_size(config, s3dis_rooms, tmp_path):
     """The shipped batch of 6 rooms: the three rooms of Area 1 (hallway included), each twice (``train_loop``)."""
     batch = shipped(TEXT4POINT / config, "data.init_args.batch_size")
     assert batch == 6
-    seen, _ = fit_one_step(TEXT4POINT / config, tmp_path, *TINY_RN, "--data.root", str(s3dis_rooms),
+    seen, _ = fit_one_step(TEXT4POINT / config, tmp_path, *TINY_RN_NETWORK, "--data.root", str(s3dis_rooms),
                            "--data.areas", "[1, 5]", "--data.train_loop", "2", "--data.max_val_rooms", "1")
     (train,), (val,) = seen["train"], seen["val"]
     assert train["samples"] == batch and train["voxel_size"] == 0.05 and train["extent_m"] > 25.0, seen
@@ -193,7 +197,7 @@ def test_pretrain_config_at_shipped_batch_size(tmp_path):
 
 # ---------------------------------------------------------------- detection: ScanNet 40,000 points, SUN RGB-D 20,000
 def detection(config: Path, tmp_path: Path, root: Path, batch_size: int, points: int) -> dict:
-    seen, tags = fit_one_step(config, tmp_path, *TINY_RN, "--data.root", str(root), "--data.batch_size",
+    seen, tags = fit_one_step(config, tmp_path, *TINY_RN_NETWORK, "--data.root", str(root), "--data.batch_size",
                               str(batch_size))
     assert {"train/vote", "train/loss_aux", "val/map@0.25"} <= tags
     (train,), (val,) = seen["train"], seen["val"]

@@ -2,6 +2,7 @@
 ScanNet-style axis-aligned boxes of its two training scenes (validation = those scenes: a fitting check, not a
 generalisation claim), SUN RGB-D-style
 oriented boxes run through the CLI with 12 heading bins, predictions written by `test`, TensorBoard."""
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -18,9 +19,11 @@ from lang3d.training.cli import main as cli_main
 from lang3d.visual.tensorboard import bev_boxes_image
 from text4point import Text4PointDetection, Text4PointPretraining
 from text4point.detection import PREDICTION_DTYPE
+from text4point.guided_net import LanguageGuidedNet
 from text4point.writers import DetectionPredictionWriter
 
 TINY = dict(clip_model="lang3d-tiny-RN", clip_pretrained=None)
+TINY_NETWORK = partial(LanguageGuidedNet, **TINY)
 POINTS, VOXEL = 1500, 0.2   # ~850 voxels per scene: a few hundred milliseconds per step on one CPU core
 
 
@@ -48,8 +51,8 @@ def test_votenet_fits_its_training_scenes_and_test_writes_predictions(scannet_ro
     losses (overfitting); generalisation needs more scenes and steps than a CPU test affords."""
     L.seed_everything(0)
     dm = scannet_datamodule(scannet_root)
-    model = Text4PointDetection(dm.class_names, **TINY, num_seed=256, num_proposal=128, lr=0.003, warmup=20,
-                                warmup_unit="steps", bn_momentum=0.3, aux_loss_weight=0.5)
+    model = Text4PointDetection(dm.class_names, network=partial(TINY_NETWORK, bn_momentum=0.3), num_seed=256,
+                                num_proposal=128, lr=0.003, warmup=20, warmup_unit="steps", aux_loss_weight=0.5)
     steps = 200
     logger = L.pytorch.loggers.TensorBoardLogger(tmp_path, name="tb")
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, check_val_every_n_epoch=steps, logger=logger,
@@ -124,17 +127,17 @@ def test_mismatched_classes_box_kind_or_mean_sizes_are_named(scannet_root):
     dm = scannet_datamodule(scannet_root)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False)
-    wrong = Text4PointDetection(["chair", "table"], **TINY)
+    wrong = Text4PointDetection(["chair", "table"], network=TINY_NETWORK)
     with pytest.raises(ValueError, match="class_names"):
         trainer.fit(wrong, dm)
-    oriented = Text4PointDetection(dm.class_names, **TINY, oriented=True, num_heading_bin=12)
+    oriented = Text4PointDetection(dm.class_names, network=TINY_NETWORK, oriented=True, num_heading_bin=12)
     with pytest.raises(ValueError, match="oriented"):
         trainer.fit(oriented, dm)
-    sizes = Text4PointDetection(dm.class_names, **TINY, mean_size=[[1.0, 1.0, 1.0]] * len(dm.class_names))
+    sizes = Text4PointDetection(dm.class_names, network=TINY_NETWORK, mean_size=[[1.0, 1.0, 1.0]] * len(dm.class_names))
     with pytest.raises(ValueError, match="mean_size"):
         trainer.fit(sizes, dm)
     with pytest.raises(RuntimeError, match="mean box sizes are unknown"):
-        Text4PointDetection(dm.class_names, **TINY).coder()
+        Text4PointDetection(dm.class_names, network=TINY_NETWORK).coder()
 
 
 def test_birds_eye_view_draws_boxes_where_they_are():
@@ -157,7 +160,8 @@ def test_pretrained_3d_network_loads_by_name_and_the_head_is_new(tmp_path):
     pretrained = Text4PointPretraining(class_names=list(CLASS_LABELS), **TINY, feature_dim=16, decoder_width=16)
     path = tmp_path / "pretrain.ckpt"
     torch.save({"state_dict": pretrained.state_dict()}, path)
-    model = Text4PointDetection(["chair", "table"], **TINY, pretrained=str(path), mean_size=[[0.5, 0.5, 0.9]] * 2)
+    model = Text4PointDetection(["chair", "table"], network=TINY_NETWORK, pretrained=str(path),
+                                mean_size=[[0.5, 0.5, 0.9]] * 2)
     source = pretrained.net.state_dict()
     for name, tensor in model.guided.net.state_dict().items():
         if name.startswith("backbone.head."):   # 256 seed-feature channels, not the pre-training's 16
@@ -176,8 +180,8 @@ def test_learning_rate_warms_up_over_epochs_then_follows_a_cosine(scannet_root):
 
     dm = ScanNetDetectionDataModule(str(scannet_root), num_points=400, voxel_size=VOXEL, batch_size=1,
                                     num_workers=0, augment=False)   # 2 scenes: 2 steps per epoch
-    model = Text4PointDetection(dm.class_names, **TINY, num_seed=64, num_proposal=16, lr=0.01, warmup=1,
-                                warmup_unit="epochs")
+    model = Text4PointDetection(dm.class_names, network=TINY_NETWORK, num_seed=64, num_proposal=16, lr=0.01,
+                                warmup=1, warmup_unit="epochs")
     record = RecordLR()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=3, limit_val_batches=0, logger=False,
                         callbacks=[record], enable_progress_bar=False, enable_model_summary=False,

@@ -1,6 +1,8 @@
 """Text4Point S3DIS fine-tuning end to end on tiny synthetic rooms: learning, checkpoint loading by name,
 full-resolution evaluation, predictions written by `test`, the ablation configs, TensorBoard."""
 import copy
+import json
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -17,11 +19,17 @@ from lang3d.training.checkpoint import CheckpointMismatchError
 from lang3d.training.cli import main as cli_main
 from lang3d.models.prompt_learner import FixedPrompts, PromptLearner, RandomClassEmbeddings
 from text4point import Text4PointPretraining, Text4PointSegmentation
+from text4point.guided_net import LanguageGuidedNet
 from text4point.writers import SegmentationPredictionWriter
 
 CLASSES = list(S3DISDataModule.class_names)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "text4point"
 TINY = dict(clip_model="lang3d-tiny-RN", clip_pretrained=None, lr=0.05)
+TINY_NETWORK = partial(LanguageGuidedNet, clip_model="lang3d-tiny-RN", clip_pretrained=None)
+TINY_TASK = dict(network=TINY_NETWORK, lr=0.05)
+# the CLI override of the network's CLIP, as a dict: jsonargparse reads "null" given to a nested class's argument on the
+# command line (--model.network.clip_pretrained null) as the string "None"
+TINY_CLIP = ["--model.network", json.dumps({"init_args": {"clip_model": "lang3d-tiny-RN", "clip_pretrained": None}})]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +57,7 @@ def pretrain_checkpoint(tmp_path_factory):
 
 def test_pretrained_3d_network_loads_by_name(pretrain_checkpoint):
     path, pretrained = pretrain_checkpoint
-    model = Text4PointSegmentation(CLASSES, **TINY, pretrained=str(path))
+    model = Text4PointSegmentation(CLASSES, **TINY_TASK, pretrained=str(path))
     for name, tensor in model.guided.net.state_dict().items():
         if name.startswith("backbone.head."):
             assert tensor.shape[-1] == len(CLASSES) or tensor.shape[0] == len(CLASSES)
@@ -64,16 +72,16 @@ def test_checkpoint_with_wrong_shapes_is_a_named_error(pretrain_checkpoint, tmp_
     bad = tmp_path / "bad.ckpt"
     torch.save({"state_dict": state}, bad)
     with pytest.raises(CheckpointMismatchError, match="net.fc_expand.weight"):
-        Text4PointSegmentation(CLASSES, **TINY, pretrained=str(bad))
+        Text4PointSegmentation(CLASSES, **TINY_TASK, pretrained=str(bad))
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
-        Text4PointSegmentation(CLASSES, **TINY, pretrained=str(tmp_path / "missing.ckpt"))
+        Text4PointSegmentation(CLASSES, **TINY_TASK, pretrained=str(tmp_path / "missing.ckpt"))
 
 
 def test_predictions_cover_every_point_through_the_inverse_index(tiny_s3dis):
     dm = datamodule(tiny_s3dis)
     dm.setup("validate")
     batch = next(iter(dm.val_dataloader()))
-    model = Text4PointSegmentation(CLASSES, **TINY).eval()
+    model = Text4PointSegmentation(CLASSES, **TINY_TASK).eval()
     with torch.no_grad():
         logits, _ = model(batch)
         pred = model.predict_points(batch)
@@ -88,7 +96,8 @@ def test_finetuning_learns_far_above_chance_and_test_writes_predictions(tiny_s3d
     dm = datamodule(tiny_s3dis, augment=False)
     # BatchNorm momentum 0.3 (not the recipe's 0.05) so that the running statistics used at evaluation catch
     # up within a 40-step run
-    model = Text4PointSegmentation(CLASSES, **{**TINY, "lr": 0.1}, aux_loss_weight=0.5, bn_momentum=0.3)
+    model = Text4PointSegmentation(CLASSES, network=partial(TINY_NETWORK, bn_momentum=0.3), lr=0.1,
+                                   aux_loss_weight=0.5)
     logger = L.pytorch.loggers.TensorBoardLogger(tmp_path, name="tb")
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=40, check_val_every_n_epoch=40, logger=logger, log_every_n_steps=5,
                         callbacks=[SegmentationPredictionWriter()], enable_progress_bar=False,
@@ -128,6 +137,24 @@ ABLATIONS = {
 }
 TEXT_KINDS = {"fixed": FixedPrompts, "learned": PromptLearner, "random": RandomClassEmbeddings}
 TQM_PARAMETERS = ("guided.net.tqm.", "guided.net.fc_reduce.", "guided.net.alpha", "guided.net.beta")
+NETWORK_SWITCHES = ("use_tqm", "text_mode")   # set in model.init_args.network.init_args, the others in model.init_args
+
+
+def with_switches(config: dict, switches: dict, pretrained) -> dict:
+    """``config`` with the row's switches set where they live (the network's or the task's arguments)."""
+    config = copy.deepcopy(config)
+    task = config["model"]["init_args"]
+    task["network"]["init_args"].update({k: v for k, v in switches.items() if k in NETWORK_SWITCHES})
+    task.update({k: v for k, v in switches.items() if k not in NETWORK_SWITCHES})
+    task["pretrained"] = pretrained
+    return config
+
+
+def build(init_args: dict) -> Text4PointSegmentation:
+    """The module the CLI builds from a resolved ``model.init_args`` (``network``: the configured class)."""
+    network = init_args["network"]
+    assert network["class_path"] == "text4point.guided_net.LanguageGuidedNet"
+    return Text4PointSegmentation(**{**init_args, "network": partial(LanguageGuidedNet, **network["init_args"])})
 
 
 def resolved_config(capsys, root, *overlays, pretrained=None) -> dict:
@@ -136,7 +163,7 @@ def resolved_config(capsys, root, *overlays, pretrained=None) -> dict:
     args = ["fit", "-c", str(CONFIGS / "finetune_s3dis.yaml")]
     for overlay in overlays:
         args += ["-c", str(CONFIGS / "ablations" / f"{overlay}.yaml")]
-    args += ["--data.root", str(root), "--model.clip_model", "lang3d-tiny-RN", "--model.clip_pretrained", "null"]
+    args += ["--data.root", str(root), *TINY_CLIP]
     if pretrained is not None:
         args += ["--model.pretrained", str(pretrained)]
     with pytest.raises(SystemExit) as exit_info:
@@ -154,12 +181,11 @@ def test_each_ablation_overlay_switches_exactly_its_row(row, tiny_s3dis, pretrai
     switches = ABLATIONS[row]
     base = resolved_config(capsys, tiny_s3dis)
     config = resolved_config(capsys, tiny_s3dis, row, pretrained=path if switches["pretrained"] else None)
-    expected = copy.deepcopy(base)
-    expected["model"]["init_args"].update({**switches, "pretrained": str(path) if switches["pretrained"] else None})
+    expected = with_switches(base, switches, str(path) if switches["pretrained"] else None)
     assert config == expected
 
     L.seed_everything(0)
-    model = Text4PointSegmentation(**config["model"]["init_args"])
+    model = build(config["model"]["init_args"])
     net = model.guided.net
     assert hasattr(net, "tqm") == net.use_tqm == switches["use_tqm"]
     source = pretrained.net.state_dict()
@@ -176,8 +202,7 @@ def test_each_ablation_overlay_switches_exactly_its_row(row, tiny_s3dis, pretrai
     if "loss_aux" not in losses:
         assert torch.equal(losses["loss"], losses["loss_task"])
 
-    full = Text4PointSegmentation(**resolved_config(capsys, tiny_s3dis, "5_prompt", pretrained=path)["model"][
-        "init_args"])
+    full = build(resolved_config(capsys, tiny_s3dis, "5_prompt", pretrained=path)["model"]["init_args"])
     trainable = {n: p.shape for n, p in model.named_parameters() if p.requires_grad}
     full_trainable = {n: p.shape for n, p in full.named_parameters() if p.requires_grad}
     text_params = {n for n in trainable.keys() | full_trainable.keys() if n.startswith("guided.text.")}
@@ -194,6 +219,5 @@ def test_each_ablation_overlay_switches_exactly_its_row(row, tiny_s3dis, pretrai
 def test_ablation_rows_with_pre_training_need_a_checkpoint(row, tiny_s3dis, tmp_path):
     with pytest.raises((ValueError, FileNotFoundError), match=r"pretrained checkpoint \?\?\? does not exist"):
         cli_main(["fit", "-c", str(CONFIGS / "finetune_s3dis.yaml"), "-c", str(CONFIGS / "ablations" / f"{row}.yaml"),
-                  "--data.root", str(tiny_s3dis), "--model.clip_model", "lang3d-tiny-RN",
-                  "--model.clip_pretrained", "null", "--trainer.max_steps", "1", "--trainer.logger", "false",
+                  "--data.root", str(tiny_s3dis), *TINY_CLIP, "--trainer.max_steps", "1", "--trainer.logger", "false",
                   "--trainer.default_root_dir", str(tmp_path), "--data.num_workers", "0"])

@@ -2,12 +2,14 @@
 targets, instance ids through the S3DIS datamodule, fitting a synthetic room (scored on its copy), files written by
 `test`, TensorBoard, and the configs through the CLI as `make finetune-s3dis-ins` runs them."""
 import shutil
+from functools import partial
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from datamodules.scannet.meta import CLASS_LABELS
 from datamodules import S3DISDataModule
@@ -16,14 +18,15 @@ from datamodules.s3dis.rooms import load_room, room_path
 from datamodules.synthetic.s3dis import generate_s3dis
 from lang3d.training.cli import main as cli_main
 from text4point import Text4PointInstanceSegmentation, Text4PointPretraining
+from text4point.guided_net import LanguageGuidedNet
 from text4point.instance_clustering import best_iou, cluster_points
 from text4point.instance_heads import ScoreNet, batch_instance_ids, offset_losses, score_targets
 from text4point.writers import InstancePredictionWriter
 
 CLASSES = list(S3DISDataModule.class_names)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "text4point"
-TINY = dict(clip_model="lang3d-tiny-RN", clip_pretrained=None, lr=0.1, bn_momentum=0.3, aux_loss_weight=0.5,
-            cluster_radius=0.3, cluster_min_voxels=5, test_score_threshold=0.0)
+TINY = dict(network=partial(LanguageGuidedNet, clip_model="lang3d-tiny-RN", clip_pretrained=None, bn_momentum=0.3),
+            lr=0.1, aux_loss_weight=0.5, cluster_radius=0.3, cluster_min_voxels=5, test_score_threshold=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +186,33 @@ def test_bad_settings_are_named(rooms, tmp_path):
     plain.setup("fit")
     with pytest.raises(KeyError, match="with_instance=True"):
         model.training_step(next(iter(plain.train_dataloader())), 0)
+
+
+def test_scorenet_is_in_no_graph_before_score_start_step(rooms):
+    """Before ``score_start_step`` the loss is exactly semantic + offset + auxiliary terms and ScoreNet receives no
+    gradient at all (not a zero one from a dummy term): DDP finds it unused, which the instance config allows
+    (``trainer.strategy: ddp_find_unused_parameters_true``); from ``score_start_step`` on it is trained."""
+    dm = datamodule(rooms, augment=False)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    L.seed_everything(0)
+    model = Text4PointInstanceSegmentation(CLASSES, **TINY, score_start_step=10)
+    losses = model._losses(batch)
+    expected = (losses["loss_semantic"] + 1.0 * (losses["loss_offset_l1"] + losses["loss_offset_dir"])
+                + 0.5 * losses["loss_aux"])
+    assert "loss_score" not in losses and torch.equal(losses["loss"], expected)
+    losses["loss"].backward()
+    assert all(p.grad is None for p in model.score_net.parameters())
+    assert all(p.grad is not None for p in model.heads.parameters())
+    config = yaml.safe_load((CONFIGS / "instance_s3dis.yaml").read_text())
+    assert config["trainer"]["strategy"] == "ddp_find_unused_parameters_true"
+    assert config["model"]["init_args"]["score_start_step"] > 0
+
+    model.zero_grad()
+    model.hparams.score_start_step = 0   # the same batch once ScoreNet is trained (clusters of wide radius exist)
+    losses = model._losses(batch)
+    losses["loss"].backward()
+    assert "loss_score" in losses and all(p.grad is not None for p in model.score_net.parameters())
 
 
 def test_configs_fit_then_test_as_make_runs_them(rooms, tmp_path, monkeypatch):

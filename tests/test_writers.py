@@ -3,6 +3,7 @@
 those records in the layout the README documents; every config a README / Makefile command stacks configures its
 writer; under 2-process DDP the files equal those of one process."""
 import json
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -20,6 +21,7 @@ from lang3d.visual.tensorboard import label_colors
 from lang3d.training.writers import BaseTestWriter
 from pointbind.writers import ArithmeticRankingWriter
 from text4point import Text4PointSegmentation
+from text4point.guided_net import LanguageGuidedNet
 from text4point.detection import PREDICTION_DTYPE
 from text4point.finetune import RoomLabels
 from text4point.instance import RoomInstances
@@ -108,8 +110,8 @@ def test_segmentation_test_step_returns_its_predictions_and_writes_nothing_itsel
     root = tmp_path / "s3dis"
     generate_s3dis(root, areas=(1, 5), rooms_per_area=2, points_per_room=2000, seed=0)
     dm = S3DISDataModule(str(root), areas=(1, 5), test_area=5, batch_size=2, val_batch_size=2, num_workers=0)
-    model = Text4PointSegmentation(list(S3DISDataModule.class_names), clip_model="lang3d-tiny-RN",
-                                   clip_pretrained=None)
+    model = Text4PointSegmentation(list(S3DISDataModule.class_names),
+                                   network=partial(LanguageGuidedNet, clip_model="lang3d-tiny-RN", clip_pretrained=None))
     returned = []
 
     class Keep(L.Callback):

@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import math
 
-import lightning as L
 import numpy as np
 import torch
 
 from lang3d.geometry.boxes import nms_3d
 from lang3d.metrics.detection import DetectionMAP
 from lang3d.training.schedules import warmup_cosine
-from lang3d.training.sync_batchnorm import sync_batchnorm_under_ddp
 from lang3d.visual.tensorboard import bev_boxes_image, log_image
 from text4point.box_coder import BoxCoder
-from text4point.guided_net import GuidedOutput, LanguageGuidedNet
+from text4point.guided_net import GuidedOutput
+from text4point.task import NetworkFactory, Text4PointTask
 from text4point.votenet_head import VoteNetHead, VoteNetOutput
 from text4point.votenet_loss import build_targets, detection_losses
 
@@ -27,20 +26,17 @@ dz, heading) metres / radians, score in [0, 1], class index."""
 GT_COLOUR, PRED_COLOUR = (0, 150, 0), (220, 30, 30)
 
 
-class Text4PointDetection(L.LightningModule):
+class Text4PointDetection(Text4PointTask):
     """VoteNet detection on the language-guided SR-UNet34. Batches come from ``ScanNetDetectionDataModule`` or
     ``SUNRGBDDataModule`` (see ``datamodules.detection_common``).
 
     Args:
-        class_names: the K classes, in label order (their names make the text prompts).
+        class_names, network, pretrained: see ``Text4PointTask``; the network's decoder outputs ``seed_feature_dim``
+            channels, a head re-initialised whenever its shape differs from the pre-training checkpoint's.
         num_heading_bin: VoteNet's heading bins (ScanNet 1, SUN RGB-D 12); oriented: boxes have headings
             (oriented IoU and NMS) or are axis-aligned (decoded headings set to 0).
         mean_size: [K,3] full sizes (metres) of the size clusters; None: the datamodule's ``mean_size`` at
             ``setup`` (kept in checkpoints). The class names, ``oriented`` and mean sizes must match the data.
-        clip_model / clip_pretrained / text_mode / n_ctx / prompt_template / use_tqm / tqm_heads / pretrained /
-            in_channels / stem_kernel_size / bn_momentum: the language-guided network (see ``LanguageGuidedNet``);
-            its decoder outputs ``seed_feature_dim`` channels, a head re-initialised whenever its shape differs
-            from the pre-training checkpoint's.
         num_seed, num_proposal, vote_radius, vote_samples: VoteNet's 1024 seeds, 256 proposals, 0.3 m, 16 votes.
         near_threshold / far_threshold: objectness assignment radii (metres).
         aux_loss_weight / aux_temperature / aux_radius_voxels: the auxiliary loss (0 disables it); pseudo labels
@@ -54,27 +50,22 @@ class Text4PointDetection(L.LightningModule):
             bev_threshold: objectness of the proposals drawn.
     """
 
-    def __init__(self, class_names: list[str], num_heading_bin: int = 1, oriented: bool = False,
-                 mean_size: list[list[float]] | None = None, clip_model: str = "RN50",
-                 clip_pretrained: str | None = "openai", text_mode: str = "learned", n_ctx: int = 8,
-                 prompt_template: str = "point cloud of {}.", use_tqm: bool = True, tqm_heads: int = 1,
-                 pretrained: str | None = None, in_channels: int = 3, seed_feature_dim: int = 256,
+    synchronised_children = ("guided", "head")
+
+    def __init__(self, class_names: list[str], network: NetworkFactory, num_heading_bin: int = 1,
+                 oriented: bool = False, mean_size: list[list[float]] | None = None, pretrained: str | None = None,
+                 seed_feature_dim: int = 256,
                  num_seed: int = 1024, num_proposal: int = 256, vote_radius: float = 0.3, vote_samples: int = 16,
                  near_threshold: float = 0.3, far_threshold: float = 0.6, aux_loss_weight: float = 1.0,
                  aux_temperature: float = 0.07, aux_radius_voxels: float = 8.0, ignore_index: int = -1,
                  lr: float = 0.001, weight_decay: float = 0.0, warmup: float = 0.0, warmup_unit: str = "epochs",
                  nms_iou: float = 0.25, conf_threshold: float = 0.05, per_class_proposal: bool = True,
-                 stem_kernel_size: int = 3, bn_momentum: float = 0.05, bev_every_n_epochs: int = 1,
-                 bev_threshold: float = 0.5):
-        super().__init__()
-        self.save_hyperparameters()
+                 bev_every_n_epochs: int = 1, bev_threshold: float = 0.5):
         if warmup_unit not in ("epochs", "steps"):
             raise ValueError(f"warmup_unit must be 'epochs' or 'steps', got {warmup_unit!r}")
-        self.class_names = list(class_names)
+        super().__init__(class_names, network, seed_feature_dim, pretrained)
+        self.save_hyperparameters()
         k = len(self.class_names)
-        self.guided = LanguageGuidedNet(self.class_names, seed_feature_dim, clip_model, clip_pretrained, text_mode,
-                                        n_ctx, prompt_template, use_tqm, tqm_heads, in_channels, stem_kernel_size,
-                                        bn_momentum, pretrained)
         self.head = VoteNetHead(k, num_heading_bin, k, seed_feature_dim, num_seed, num_proposal, vote_radius,
                                 vote_samples)
         if mean_size is None:
@@ -110,11 +101,7 @@ class Text4PointDetection(L.LightningModule):
                                batch["vote_mask"].to(self.device)[rows], hp.near_threshold, hp.far_threshold)
         out["loss_det"] = out.pop("loss")
         out["loss"] = out["loss_det"]
-        if hp.aux_loss_weight > 0:
-            out["loss_aux"] = self.guided.auxiliary_loss(guided, batch["coord"], batch["segment"].to(self.device),
-                                                         hp.aux_radius_voxels, hp.aux_temperature, hp.ignore_index)
-            out["loss"] = out["loss_det"] + hp.aux_loss_weight * out["loss_aux"]
-        return out
+        return self.add_auxiliary_loss(out, guided, batch, batch["segment"].to(self.device))
 
     def predict_boxes(self, det: VoteNetOutput) -> tuple[list[dict], list[dict]]:
         """Per scene: the detections scored for evaluation (dicts of boxes [D,7], scores [D], labels [D]) and the
@@ -146,8 +133,7 @@ class Text4PointDetection(L.LightningModule):
         """Under DDP (CPU or GPU) every BatchNorm (sparse network and VoteNet head) is synchronised across processes
         (``lang3d.training.sync_batchnorm``); the datamodule's classes, box kind and mean sizes are checked against the
         model's (mean sizes adopted when not given)."""
-        self.guided = sync_batchnorm_under_ddp(self.guided, self.trainer)
-        self.head = sync_batchnorm_under_ddp(self.head, self.trainer)
+        super().setup(stage)
         data = getattr(self.trainer, "datamodule", None)
         if data is None:
             return
@@ -164,11 +150,6 @@ class Text4PointDetection(L.LightningModule):
             elif theirs.shape != self.mean_size.shape or not torch.allclose(self.mean_size.cpu(), theirs, atol=1e-4):
                 raise ValueError(f"model.mean_size {self.mean_size.tolist()} differs from the datamodule's "
                                  f"{theirs.tolist()}")
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        out = self._losses(batch)
-        self.guided.log_training(self, out, len(batch["names"]))
-        return out["loss"]
 
     def _evaluate(self, batch: dict, metric: DetectionMAP) -> tuple[list[dict], list[dict]]:
         det, _ = self(batch)
@@ -205,8 +186,7 @@ class Text4PointDetection(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, fused=True)
+        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=hp.lr, weight_decay=hp.weight_decay, fused=True)
         trainer = self.trainer
         total = trainer.estimated_stepping_batches
         if not math.isfinite(total):

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from lang3d.metrics.segmentation import SegmentationMetrics
-from lang3d.training.sync_batchnorm import sync_batchnorm_under_ddp
 from lang3d.visual.tensorboard import confusion_image, label_colors, log_image, log_point_cloud
-from text4point.guided_net import GuidedOutput, LanguageGuidedNet
+from text4point.guided_net import GuidedOutput
+from text4point.task import NetworkFactory, Text4PointTask
 
 
 @dataclass
@@ -26,37 +25,23 @@ class RoomLabels:
     labels: np.ndarray
 
 
-class Text4PointSegmentation(L.LightningModule):
+class Text4PointSegmentation(Text4PointTask):
     """Semantic segmentation on sparse voxels. Batches come from ``S3DISDataModule``.
 
     Args:
-        class_names: the K classes, in label order (their names make the text prompts).
-        clip_model / clip_pretrained: the frozen CLIP whose text encoder embeds the class names; must be the
-            model the pre-training used (its width d sizes the Text Querying Module).
-        text_mode: "learned" (CoOp: ``n_ctx`` learnable context vectors), "fixed" ("point cloud of [cls]."), or
-            "random" (learnable random embeddings instead of text: the paper's Table 6 control).
-        use_tqm: the Text Querying Module (off: the plain SR-UNet baseline).
-        pretrained: a Text4Point pre-training checkpoint; its 3D network is loaded by name (the task head is
-            re-initialised); None trains from scratch.
+        class_names, network, pretrained: see ``Text4PointTask``; the network's decoder outputs K logits.
         aux_loss_weight / aux_temperature / aux_radius_voxels: the auxiliary loss (0 disables it); the radius of
             the pseudo-label neighbourhood is in input-voxel units (default: half an encoder cell).
         ignore_index: label ignored by the losses and metrics.
         lr, momentum, weight_decay, poly_power: SGD with a polynomial schedule over the run's total steps.
     """
 
-    def __init__(self, class_names: list[str], clip_model: str = "RN50", clip_pretrained: str | None = "openai",
-                 text_mode: str = "learned", n_ctx: int = 8, prompt_template: str = "point cloud of {}.",
-                 use_tqm: bool = True, tqm_heads: int = 1, pretrained: str | None = None, in_channels: int = 3,
+    def __init__(self, class_names: list[str], network: NetworkFactory, pretrained: str | None = None,
                  aux_loss_weight: float = 1.0, aux_temperature: float = 0.07, aux_radius_voxels: float = 8.0,
                  ignore_index: int = -1, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 1e-4,
-                 poly_power: float = 0.9, stem_kernel_size: int = 3, bn_momentum: float = 0.05,
-                 log_point_cloud_every_n_epochs: int = 1):
-        super().__init__()
+                 poly_power: float = 0.9, log_point_cloud_every_n_epochs: int = 1):
+        super().__init__(class_names, network, len(class_names), pretrained)
         self.save_hyperparameters()
-        self.class_names = list(class_names)
-        self.guided = LanguageGuidedNet(self.class_names, len(self.class_names), clip_model, clip_pretrained, text_mode,
-                                        n_ctx, prompt_template, use_tqm, tqm_heads, in_channels, stem_kernel_size,
-                                        bn_momentum, pretrained)
         self.val_metrics = SegmentationMetrics(len(self.class_names), ignore_index)
         self.test_metrics = SegmentationMetrics(len(self.class_names), ignore_index)
         self._shown_room: dict | None = None
@@ -70,14 +55,8 @@ class Text4PointSegmentation(L.LightningModule):
     def _losses(self, batch: dict) -> dict[str, torch.Tensor]:
         logits, guided = self(batch)
         target = batch["segment"].to(self.device)
-        hp = self.hparams
-        loss_task = F.cross_entropy(logits, target, ignore_index=hp.ignore_index)
-        out = {"loss_task": loss_task, "loss": loss_task}
-        if hp.aux_loss_weight > 0:
-            out["loss_aux"] = self.guided.auxiliary_loss(guided, batch["coord"], target, hp.aux_radius_voxels,
-                                                         hp.aux_temperature, hp.ignore_index)
-            out["loss"] = loss_task + hp.aux_loss_weight * out["loss_aux"]
-        return out
+        loss_task = F.cross_entropy(logits, target, ignore_index=self.hparams.ignore_index)
+        return self.add_auxiliary_loss({"loss_task": loss_task, "loss": loss_task}, guided, batch, target)
 
     def predict_points(self, batch: dict) -> torch.Tensor:
         """Class per original point [ΣP]: each voxel's prediction mapped back through the inverse index."""
@@ -85,16 +64,6 @@ class Text4PointSegmentation(L.LightningModule):
         return logits.argmax(1)[batch["inverse"][:, 1].to(self.device)]
 
     # ---------------------------------------------------------------- Lightning hooks
-    def setup(self, stage: str) -> None:
-        """Under DDP (CPU or GPU) every BatchNorm of the network (sparse and dense) is synchronised across
-        processes (``lang3d.training.sync_batchnorm``)."""
-        self.guided = sync_batchnorm_under_ddp(self.guided, self.trainer)
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        out = self._losses(batch)
-        self.guided.log_training(self, out, len(batch["names"]))
-        return out["loss"]
-
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         pred = self.predict_points(batch)
         self.val_metrics.update(pred, batch["point_segment"].to(self.device))
@@ -125,15 +94,6 @@ class Text4PointSegmentation(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test", self.test_metrics)
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: max(1.0 - step / total, 0.0) ** hp.poly_power)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # ---------------------------------------------------------------- reporting
     def _log_scores(self, stage: str, metrics: SegmentationMetrics) -> None:

@@ -2,7 +2,8 @@
 fixed prompts or random vectors, through the frozen CLIP text encoder) feed the Text Querying Module of the
 pre-trained SR-UNet34, and an auxiliary loss classifies encoder voxels against the same embeddings (Eq. 15-16).
 
-Segmentation, detection and instance segmentation wrap this module with their own heads and losses.
+Segmentation, detection and instance segmentation (``text4point.task.Text4PointTask``) are given this module
+configured and add their own heads and losses.
 """
 from __future__ import annotations
 
@@ -43,20 +44,18 @@ class LanguageGuidedNet(nn.Module):
         text_mode: "learned" (CoOp, ``n_ctx`` context vectors), "fixed" (``prompt_template``) or "random"
             (learnable random embeddings: the paper's Table 6 control).
         use_tqm: the Text Querying Module (off: the plain SR-UNet baseline).
-        pretrained: a Text4Point pre-training checkpoint whose 3D network is loaded by name; tensors under
-            ``reinit_prefixes`` whose shape differs (the task head) stay re-initialised. Or a PointContrast / CSC
-            Res16UNet34C file (path, tag such as ``pointcontrast_nce``, or its ``lang3d convert`` output): only the
-            SR-UNet34 is loaded, converted from ME 0.4's layout (``lang3d.convert.pointcontrast``). None: from
-            scratch.
+        bn_momentum: of the network's BatchNorm layers (``self.bn_momentum``: a task's heads may take it too).
         width: the SR-UNet34's channel scale (1.0: the published network, what pre-trained weights need).
+
+    A task module receives this class configured (``text4point.task.NetworkFactory``: every argument but the
+    first two) and calls it with its classes and output width; it loads pre-trained weights with
+    ``load_pretrained``.
     """
 
     def __init__(self, class_names: list[str], out_channels: int, clip_model: str = "RN50",
                  clip_pretrained: str | None = "openai", text_mode: str = "learned", n_ctx: int = 8,
                  prompt_template: str = "point cloud of {}.", use_tqm: bool = True, tqm_heads: int = 1,
-                 in_channels: int = 3, stem_kernel_size: int = 3, bn_momentum: float = 0.05,
-                 pretrained: str | None = None, reinit_prefixes: tuple[str, ...] = ("backbone.head.",),
-                 width: float = 1.0):
+                 in_channels: int = 3, stem_kernel_size: int = 3, bn_momentum: float = 0.05, width: float = 1.0):
         super().__init__()
         if text_mode not in PROMPT_KINDS:
             raise ValueError(f"text_mode must be one of {PROMPT_KINDS}, got {text_mode!r}")
@@ -64,13 +63,20 @@ class LanguageGuidedNet(nn.Module):
         text_encoder = CLIPTextEncoder(clip, tokenizer)
         options = {"learned": {"n_ctx": n_ctx}, "fixed": {"template": prompt_template}, "random": {}}[text_mode]
         self.text = build_class_embeddings(text_mode, text_encoder, list(class_names), **options)
+        self.bn_momentum = bn_momentum
         self.net = Text4PointNet(in_channels, out_channels, text_encoder.embed_dim, use_tqm=use_tqm,
                                  tqm_heads=tqm_heads, stem_kernel_size=stem_kernel_size, bn_momentum=bn_momentum,
                                  width=width)
-        if pretrained and is_res16unet_file(pretrained):
+
+    def load_pretrained(self, pretrained: str, reinit_prefixes: tuple[str, ...] = ("backbone.head.",)) -> None:
+        """Load a Text4Point pre-training checkpoint's 3D network by name; tensors under ``reinit_prefixes`` whose
+        shape differs (the task head) stay as initialised. Or a PointContrast / CSC Res16UNet34C file (path, tag
+        such as ``pointcontrast_nce``, or its ``lang3d convert`` output): only the SR-UNet34 is loaded, converted
+        from ME 0.4's layout (``lang3d.convert.pointcontrast``)."""
+        if is_res16unet_file(pretrained):
             report = load_res16unet_weights(self.net.backbone, pretrained)
             rank_zero_info(f"SR-UNet34 weights from {pretrained} (PointContrast / CSC):\n{report.summary()}")
-        elif pretrained:
+        else:
             report = load_pretrained_weights(self.net, pretrained, prefix="net.", reinit_prefixes=reinit_prefixes)
             rank_zero_info(f"Text4Point weights from {pretrained}:\n{report.summary()}")
 
@@ -92,12 +98,3 @@ class LanguageGuidedNet(nn.Module):
         pseudo = pseudo_labels(h3d.C[:, 1:].float() + ENCODER_STRIDE / 2, h3d.C[:, 0], coord[:, 1:].float() + 0.5,
                                coord[:, 0], labels.to(h3d.F.device), radius_voxels, ignore_index)
         return auxiliary_loss(out.features.h3d_expanded, out.text, pseudo, temperature, ignore_index)
-
-    def log_training(self, module, losses: dict[str, torch.Tensor], batch_size: int) -> None:
-        """Log a training step through a LightningModule's ``log``: every loss as ``train/<name>`` ("loss" on the
-        progress bar) and the TQM's aggregation weights α, β (when the TQM is on)."""
-        for key, value in losses.items():
-            module.log(f"train/{key}", value, batch_size=batch_size, prog_bar=key == "loss")
-        if self.net.use_tqm:
-            module.log("tqm/alpha", self.net.alpha, batch_size=batch_size)
-            module.log("tqm/beta", self.net.beta, batch_size=batch_size)

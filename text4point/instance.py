@@ -10,19 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lang3d.metrics.instance import InstanceSegmentationMetrics
-from lang3d.training.sync_batchnorm import sync_batchnorm_under_ddp
 from lang3d.visual.tensorboard import log_point_cloud
-from text4point.finetune import Text4PointSegmentation
-from text4point.guided_net import GuidedOutput, LanguageGuidedNet
+from text4point.guided_net import GuidedOutput
 from text4point.instance_clustering import Clusters, best_iou, mask_nms, propose_instances
 from text4point.instance_heads import ScoreNet, batch_instance_ids, offset_losses, score_targets
+from text4point.task import NetworkFactory, Text4PointTask
 
 
 @dataclass
@@ -58,7 +56,7 @@ def instance_colors(ids: np.ndarray, seed: int = 0) -> np.ndarray:
     return out
 
 
-class Text4PointInstanceSegmentation(L.LightningModule):
+class Text4PointInstanceSegmentation(Text4PointTask):
     """PointGroup-style instance segmentation on sparse voxels. Batches come from
     ``S3DISDataModule(with_instance=True)``.
 
@@ -68,6 +66,8 @@ class Text4PointInstanceSegmentation(L.LightningModule):
     BCE (from ``score_start_step``) + aux_loss_weight L_aux (Eq. 15-16, as in ``Text4PointSegmentation``).
 
     Args (those shared with ``Text4PointSegmentation`` mean the same):
+        class_names, network, pretrained: see ``Text4PointTask``; the network's decoder outputs ``feature_dim``
+            channels.
         feature_dim: channels of z3D; score_hidden: ScoreNet width.
         voxel_size: voxel edge in metres; must be the datamodule's (checked at ``setup``).
         cluster_radius: metres; same-class voxel centres within it are linked, on original and shifted coordinates
@@ -75,7 +75,9 @@ class Text4PointInstanceSegmentation(L.LightningModule):
             cluster_max_neighbours: cap of each voxel's links (see ``text4point.instance_clustering``);
             skip_classes: class names never clustered (e.g. [ceiling, floor, wall]).
         score_start_step: ScoreNet is trained (on clusters of the current predictions) from this step on
-            (PointGroup: after a third of training); score_iou_low / score_iou_high: its soft-target ramp.
+            (PointGroup: after a third of training); before, its parameters are in no step's graph, so a DDP run
+            needs ``trainer.strategy: ddp_find_unused_parameters_true`` (as configs/text4point/instance_s3dis.yaml);
+            score_iou_low / score_iou_high: its soft-target ramp.
         test_score_threshold: proposals scoring below are dropped at evaluation; nms_iou: mask-NMS IoU threshold
             (null: no NMS).
         offset_loss_weight, score_loss_weight: weights of (L_reg + L_dir) and the ScoreNet BCE.
@@ -83,29 +85,24 @@ class Text4PointInstanceSegmentation(L.LightningModule):
             convention ("scannet": the ScanNet benchmark's script; "greedy_voc") and minimum region size (points).
     """
 
-    def __init__(self, class_names: list[str], clip_model: str = "RN50", clip_pretrained: str | None = "openai",
-                 text_mode: str = "learned", n_ctx: int = 8, prompt_template: str = "point cloud of {}.",
-                 use_tqm: bool = True, tqm_heads: int = 1, pretrained: str | None = None, in_channels: int = 3,
+    synchronised_children = ("guided", "heads")
+
+    def __init__(self, class_names: list[str], network: NetworkFactory, pretrained: str | None = None,
                  feature_dim: int = 32, score_hidden: int = 32, voxel_size: float = 0.05, cluster_radius: float = 0.09,
                  cluster_min_voxels: int = 20, cluster_max_neighbours: int = 64, skip_classes: list[str] = (),
                  score_start_step: int = 20000, score_iou_low: float = 0.25, score_iou_high: float = 0.75,
                  test_score_threshold: float = 0.09, nms_iou: float | None = 0.3, offset_loss_weight: float = 1.0,
                  score_loss_weight: float = 1.0, aux_loss_weight: float = 1.0, aux_temperature: float = 0.07,
                  aux_radius_voxels: float = 8.0, ignore_index: int = -1, lr: float = 0.1, momentum: float = 0.9,
-                 weight_decay: float = 1e-4, poly_power: float = 0.9, stem_kernel_size: int = 3,
-                 bn_momentum: float = 0.05, log_point_cloud_every_n_epochs: int = 1,
+                 weight_decay: float = 1e-4, poly_power: float = 0.9, log_point_cloud_every_n_epochs: int = 1,
                  eval_convention: str = "scannet", eval_min_region_size: int = 100):
-        super().__init__()
-        self.save_hyperparameters()
-        self.class_names = list(class_names)
-        unknown = [name for name in skip_classes if name not in self.class_names]
+        unknown = [name for name in skip_classes if name not in class_names]
         if unknown:
-            raise ValueError(f"skip_classes {unknown} are not among the classes {self.class_names}")
+            raise ValueError(f"skip_classes {unknown} are not among the classes {list(class_names)}")
+        super().__init__(class_names, network, feature_dim, pretrained)
+        self.save_hyperparameters()
         self.skip_ids = [self.class_names.index(name) for name in skip_classes]
-        k, c = len(self.class_names), feature_dim
-        self.guided = LanguageGuidedNet(self.class_names, c, clip_model, clip_pretrained, text_mode, n_ctx,
-                                        prompt_template, use_tqm, tqm_heads, in_channels, stem_kernel_size,
-                                        bn_momentum, pretrained)
+        k, c, bn_momentum = len(self.class_names), feature_dim, self.guided.bn_momentum   # BN as the network's
         self.heads = nn.ModuleDict({
             "trunk": nn.Sequential(nn.BatchNorm1d(c, momentum=bn_momentum), nn.ReLU()),
             "semantic": nn.Linear(c, k),
@@ -149,6 +146,7 @@ class Text4PointInstanceSegmentation(L.LightningModule):
         return self.score_net(out.features, centres, point_index, cluster_index, len(clusters))
 
     def _losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        _require_instances(batch)
         hp = self.hparams
         out = self(batch)
         target = batch["segment"].to(self.device)
@@ -169,13 +167,7 @@ class Text4PointInstanceSegmentation(L.LightningModule):
             if logits:
                 losses["loss_score"] = F.binary_cross_entropy_with_logits(torch.cat(logits), torch.cat(targets))
                 losses["loss"] = losses["loss"] + hp.score_loss_weight * losses["loss_score"]
-        if "loss_score" not in losses:  # DDP (find_unused_parameters=False) needs every parameter in every graph
-            losses["loss"] = losses["loss"] + 0.0 * sum(p.sum() for p in self.score_net.parameters())
-        if hp.aux_loss_weight > 0:
-            losses["loss_aux"] = self.guided.auxiliary_loss(out.guided, batch["coord"], target, hp.aux_radius_voxels,
-                                                            hp.aux_temperature, hp.ignore_index)
-            losses["loss"] = losses["loss"] + hp.aux_loss_weight * losses["loss_aux"]
-        return losses
+        return self.add_auxiliary_loss(losses, out.guided, batch, target)
 
     def predict_instances(self, batch: dict) -> list[RoomInstances]:
         """Per room: proposals scored by ScoreNet, those below ``test_score_threshold`` dropped, mask-NMS, masks
@@ -209,21 +201,7 @@ class Text4PointInstanceSegmentation(L.LightningModule):
         if "voxel_size" in data_hp and not np.isclose(data_hp["voxel_size"], self.hparams.voxel_size):
             raise ValueError(f"Text4PointInstanceSegmentation: model voxel_size {self.hparams.voxel_size} m differs "
                              f"from the datamodule's {data_hp['voxel_size']} m (offsets and radii are in metres)")
-        self.guided = sync_batchnorm_under_ddp(self.guided, self.trainer)
-        self.heads = sync_batchnorm_under_ddp(self.heads, self.trainer)
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        _require_instances(batch)
-        out = self._losses(batch)
-        self.guided.log_training(self, out, len(batch["names"]))
-        return out["loss"]
-
-    def on_after_backward(self) -> None:
-        """Before ``score_start_step`` ScoreNet is not trained: its (zero, see ``_losses``) gradients are dropped,
-        so SGD applies neither weight decay nor momentum to it."""
-        if self.global_step < self.hparams.score_start_step:
-            for p in self.score_net.parameters():
-                p.grad = None
+        super().setup(stage)
 
     def _evaluate(self, batch: dict, metrics: InstanceSegmentationMetrics) -> list[RoomInstances]:
         _require_instances(batch)
@@ -261,8 +239,6 @@ class Text4PointInstanceSegmentation(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test", self.test_metrics)
-
-    configure_optimizers = Text4PointSegmentation.configure_optimizers  # SGD, momentum, weight decay, poly schedule
 
     # ---------------------------------------------------------------- reporting
     def _log_scores(self, stage: str, metrics: InstanceSegmentationMetrics) -> None:
