@@ -21,6 +21,7 @@ class _AllTensors(OrderedDict):
 
 
 def _drop_entries(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """State-dict post hook: removes the module's entries (every key under its ``prefix``)."""
     if not isinstance(state_dict, _AllTensors):
         for key in [k for k in state_dict if k.startswith(prefix)]:
             del state_dict[key]
@@ -28,6 +29,8 @@ def _drop_entries(module: nn.Module, state_dict: dict, prefix: str, local_metada
 
 def _fill_absent(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
                  missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+    """Load-state-dict pre hook: each of the module's tensors the state dict lacks is given as itself (torch skips
+    copying a tensor onto itself); tensors the state dict holds are loaded as usual."""
     for key, tensor in module.state_dict(destination=_AllTensors(), prefix=prefix, keep_vars=True).items():
         state_dict.setdefault(key, tensor)
 
