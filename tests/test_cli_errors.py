@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 
-from lang3d.training.cli import missing_data_roots
+from lang3d.training.cli import linked_arguments_given, missing_data_roots
 from lang3d.training.user_errors import project_error
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +42,37 @@ def test_weights_error_comes_first_not_the_union_message(tmp_path):
     shown = _run("fit", "-c", "configs/text4point/pretrain_scannet.yaml", "--data.root", str(tmp_path),
                  env={"LANG3D_TRACEBACK": "1"})
     assert shown.returncode != 0 and "Traceback" in shown.stderr
+
+
+def test_a_model_argument_that_comes_from_the_data_is_an_error_naming_it(tmp_path):
+    result = _run("fit", "-c", "configs/text4point/finetune_s3dis.yaml", "--data.root", str(tmp_path),
+                  "--model.class_names", "[wall, floor]")
+    lines = _error_lines(result.stderr)
+    assert result.returncode == 1
+    assert lines[0].startswith("error: LinkedArgumentError") and "model.class_names" in lines[0], lines
+    assert "S3DISDataModule's class_names" in lines[0] and "CLIP" not in result.stderr   # before any weights load
+
+
+def test_linked_arguments_are_errors_only_where_the_model_takes_them_from_the_data():
+    from jsonargparse import Namespace
+
+    def config(model, data, **given):
+        return Namespace(model=Namespace(class_path=model, init_args=Namespace(**given)),
+                         data=Namespace(class_path=data, init_args=Namespace(root="/data")))
+
+    detection = config("text4point.Text4PointDetection", "datamodules.ScanNetDetectionDataModule",
+                       class_names=["chair"], mean_size=None, lr=0.1)
+    assert linked_arguments_given(detection, detection) == [
+        "model.class_names (it is ScanNetDetectionDataModule's class_names)",
+        "model.mean_size (it is ScanNetDetectionDataModule's mean_size)"]
+    assert linked_arguments_given(detection, config("text4point.Text4PointDetection",
+                                                    "datamodules.ScanNetDetectionDataModule", lr=0.1)) == []
+    # pre-training: ScanNet's frame pairs carry no class names, so the model's own are used
+    pretraining = config("text4point.Text4PointPretraining", "datamodules.ScanNetPairsDataModule", class_names=["wall"],
+                         voxel_size=0.05)
+    assert linked_arguments_given(pretraining, pretraining) == []
+    instance = config("text4point.Text4PointInstanceSegmentation", "datamodules.S3DISDataModule", voxel_size=0.1)
+    assert linked_arguments_given(instance, instance) == ["model.voxel_size (it is S3DISDataModule's voxel_size)"]
 
 
 def test_project_error_is_found_through_wrapping_exceptions():

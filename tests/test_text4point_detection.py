@@ -2,6 +2,7 @@
 ScanNet-style axis-aligned boxes of its two training scenes (validation = those scenes: a fitting check, not a
 generalisation claim), SUN RGB-D-style
 oriented boxes run through the CLI with 12 heading bins, predictions written by `test`, TensorBoard."""
+import json
 from functools import partial
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from datamodules import ScanNetDetectionDataModule, SUNRGBDDataModule
 from datamodules.detection_common import collate_detection
 from datamodules.synthetic.scannet_detection import generate_scannet_detection
 from datamodules.synthetic.sunrgbd import generate_sunrgbd
-from lang3d.training.cli import main as cli_main
+from lang3d.training.cli import Lang3DCLI, LinkedArgumentError, main as cli_main
 from lang3d.visual.tensorboard import bev_boxes_image
 from text4point import Text4PointDetection, Text4PointPretraining
 from text4point.detection import PREDICTION_DTYPE
@@ -24,6 +25,7 @@ from text4point.writers import DetectionPredictionWriter
 
 TINY = dict(clip_model="lang3d-tiny-RN", clip_pretrained=None)
 TINY_NETWORK = partial(LanguageGuidedNet, **TINY)
+TINY_CLI = ["--model.network", json.dumps({"init_args": TINY})]   # a dict: jsonargparse reads a nested "null" as "None"
 POINTS, VOXEL = 1500, 0.2   # ~850 voxels per scene: a few hundred milliseconds per step on one CPU core
 
 
@@ -123,21 +125,32 @@ def test_scannet_configs_build_and_train_one_step(scannet_root, tmp_path):
               "--data.num_workers", "0"])
 
 
-def test_mismatched_classes_box_kind_or_mean_sizes_are_named(scannet_root):
-    dm = scannet_datamodule(scannet_root)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False)
-    wrong = Text4PointDetection(["chair", "table"], network=TINY_NETWORK)
-    with pytest.raises(ValueError, match="class_names"):
-        trainer.fit(wrong, dm)
-    oriented = Text4PointDetection(dm.class_names, network=TINY_NETWORK, oriented=True, num_heading_bin=12)
-    with pytest.raises(ValueError, match="oriented"):
-        trainer.fit(oriented, dm)
-    sizes = Text4PointDetection(dm.class_names, network=TINY_NETWORK, mean_size=[[1.0, 1.0, 1.0]] * len(dm.class_names))
-    with pytest.raises(ValueError, match="mean_size"):
-        trainer.fit(sizes, dm)
+def built_by_the_cli(config: str, overlay: str, root: Path, *overrides: str) -> Lang3DCLI:
+    """The model and datamodule the CLI builds from a config + demo overlay (tiny CLIP), without running."""
+    return Lang3DCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                     run=False, args=["-c", config, "-c", overlay, "--data.root", str(root), *TINY_CLI,
+                                      "--data.num_workers", "0", "--trainer.logger", "false", *overrides])
+
+
+def test_classes_box_kind_and_mean_sizes_come_from_the_data(scannet_root, tmp_path):
+    """The configs leave class_names, oriented and mean_size out: the CLI takes them from the datamodule it built
+    (and they are kept in the hyper-parameters a checkpoint reloads from); giving one is an error naming it."""
+    sunrgbd = tmp_path / "sunrgbd"
+    generate_sunrgbd(sunrgbd, num_train=1, num_val=1, points_per_scene=POINTS, seed=0)
+    for name, root in (("scannet", scannet_root), ("sunrgbd", sunrgbd)):
+        config = f"configs/text4point/detection_{name}.yaml"
+        cli = built_by_the_cli(config, f"configs/text4point/demo_synthetic_{name}_det.yaml", root)
+        model, data = cli.model, cli.datamodule
+        assert model.class_names == list(data.class_names) and model.hparams.oriented == data.oriented
+        torch.testing.assert_close(model.mean_size, torch.as_tensor(np.asarray(data.mean_size), dtype=torch.float32))
+        assert model.hparams.mean_size == np.asarray(data.mean_size, dtype=np.float64).tolist()
+        for key, value in (("class_names", "[chair, table]"), ("oriented", str(not data.oriented).lower()),
+                           ("mean_size", "[[1.0, 1.0, 1.0]]")):
+            with pytest.raises(LinkedArgumentError, match=rf"model\.{key} \(it is {type(data).__name__}'s {key}\)"):
+                built_by_the_cli(config, f"configs/text4point/demo_synthetic_{name}_det.yaml", root,
+                                 f"--model.{key}", value)
     with pytest.raises(RuntimeError, match="mean box sizes are unknown"):
-        Text4PointDetection(dm.class_names, network=TINY_NETWORK).coder()
+        Text4PointDetection(ScanNetDetectionDataModule.class_names, network=TINY_NETWORK).coder()
 
 
 def test_birds_eye_view_draws_boxes_where_they_are():

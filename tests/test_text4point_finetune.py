@@ -151,10 +151,12 @@ def with_switches(config: dict, switches: dict, pretrained) -> dict:
 
 
 def build(init_args: dict) -> Text4PointSegmentation:
-    """The module the CLI builds from a resolved ``model.init_args`` (``network``: the configured class)."""
+    """The module the CLI builds from a resolved ``model.init_args`` (``network``: the configured class; the class
+    names: the datamodule's, linked by the CLI when it builds the classes)."""
     network = init_args["network"]
-    assert network["class_path"] == "text4point.guided_net.LanguageGuidedNet"
-    return Text4PointSegmentation(**{**init_args, "network": partial(LanguageGuidedNet, **network["init_args"])})
+    assert network["class_path"] == "text4point.guided_net.LanguageGuidedNet" and init_args.get("class_names") is None
+    return Text4PointSegmentation(**{**init_args, "network": partial(LanguageGuidedNet, **network["init_args"]),
+                                     "class_names": CLASSES})
 
 
 def resolved_config(capsys, root, *overlays, pretrained=None) -> dict:

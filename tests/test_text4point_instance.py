@@ -1,6 +1,7 @@
 """Text4Point instance segmentation (PointGroup head): offset losses and ScoreNet against naive loops, the soft score
 targets, instance ids through the S3DIS datamodule, fitting a synthetic room (scored on its copy), files written by
 `test`, TensorBoard, and the configs through the CLI as `make finetune-s3dis-ins` runs them."""
+import json
 import shutil
 from functools import partial
 from pathlib import Path
@@ -16,7 +17,7 @@ from datamodules import S3DISDataModule
 from datamodules.s3dis.raw import ALIGNED_DIR
 from datamodules.s3dis.rooms import load_room, room_path
 from datamodules.synthetic.s3dis import generate_s3dis
-from lang3d.training.cli import main as cli_main
+from lang3d.training.cli import Lang3DCLI, LinkedArgumentError, main as cli_main
 from text4point import Text4PointInstanceSegmentation, Text4PointPretraining
 from text4point.guided_net import LanguageGuidedNet
 from text4point.instance_clustering import best_iou, cluster_points
@@ -27,6 +28,7 @@ CLASSES = list(S3DISDataModule.class_names)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "text4point"
 TINY = dict(network=partial(LanguageGuidedNet, clip_model="lang3d-tiny-RN", clip_pretrained=None, bn_momentum=0.3),
             lr=0.1, aux_loss_weight=0.5, cluster_radius=0.3, cluster_min_voxels=5, test_score_threshold=0.0)
+TINY_CLI = ["--model.network", json.dumps({"init_args": {"clip_model": "lang3d-tiny-RN", "clip_pretrained": None}})]
 
 
 @pytest.fixture(scope="module")
@@ -174,14 +176,12 @@ def test_instance_segmentation_fits_a_room_and_test_writes_scannet_style_files(r
     assert any(t.startswith("val_room/instances_ground_truth") for t in tensors)
 
 
-def test_bad_settings_are_named(rooms, tmp_path):
+def test_bad_settings_are_named(rooms):
     with pytest.raises(ValueError, match=r"skip_classes \['carpet'\]"):
         Text4PointInstanceSegmentation(CLASSES, **TINY, skip_classes=["wall", "carpet"])
-    model = Text4PointInstanceSegmentation(CLASSES, **TINY, voxel_size=0.1)
-    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-    with pytest.raises(ValueError, match="voxel_size 0.1 m differs from the datamodule's 0.05 m"):
-        trainer.fit(model, datamodule(rooms))
+    with pytest.raises(ValueError, match="voxel_size must be the data's voxel edge in metres, got None"):
+        Text4PointInstanceSegmentation(CLASSES, **TINY, voxel_size=None)   # linked from data without voxels
+    model = Text4PointInstanceSegmentation(CLASSES, **TINY)
     plain = S3DISDataModule(str(rooms), areas=(1, 5), num_workers=0)
     plain.setup("fit")
     with pytest.raises(KeyError, match="with_instance=True"):
@@ -213,6 +213,21 @@ def test_scorenet_is_in_no_graph_before_score_start_step(rooms):
     losses = model._losses(batch)
     losses["loss"].backward()
     assert "loss_score" in losses and all(p.grad is not None for p in model.score_net.parameters())
+
+
+def test_voxel_size_and_classes_come_from_the_data(rooms):
+    """instance_s3dis.yaml leaves voxel_size and class_names out: the CLI takes them from the datamodule; giving
+    model.voxel_size is an error naming it."""
+    def build(*overrides: str) -> Lang3DCLI:
+        return Lang3DCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                         run=False, args=["-c", str(CONFIGS / "instance_s3dis.yaml"), "-c",
+                                          str(CONFIGS / "demo_synthetic_s3dis_ins.yaml"), "--data.root", str(rooms),
+                                          *TINY_CLI, "--trainer.logger", "false", *overrides])
+
+    cli = build("--data.voxel_size", "0.1")
+    assert cli.model.hparams.voxel_size == 0.1 and cli.model.class_names == list(S3DISDataModule.class_names)
+    with pytest.raises(LinkedArgumentError, match=r"model\.voxel_size \(it is S3DISDataModule's voxel_size\)"):
+        build("--model.voxel_size", "0.1")
 
 
 def test_configs_fit_then_test_as_make_runs_them(rooms, tmp_path, monkeypatch):

@@ -36,7 +36,8 @@ class Text4PointDetection(Text4PointTask):
         num_heading_bin: VoteNet's heading bins (ScanNet 1, SUN RGB-D 12); oriented: boxes have headings
             (oriented IoU and NMS) or are axis-aligned (decoded headings set to 0).
         mean_size: [K,3] full sizes (metres) of the size clusters; None: the datamodule's ``mean_size`` at
-            ``setup`` (kept in checkpoints). The class names, ``oriented`` and mean sizes must match the data.
+            ``setup`` (kept in checkpoints). The CLI takes ``class_names``, ``oriented`` and ``mean_size`` from the
+            data (``lang3d.training.cli.DATA_LINKS``); built in Python, the model must be given the data's.
         num_seed, num_proposal, vote_radius, vote_samples: VoteNet's 1024 seeds, 256 proposals, 0.3 m, 16 votes.
         near_threshold / far_threshold: objectness assignment radii (metres).
         aux_loss_weight / aux_temperature / aux_radius_voxels: the auxiliary loss (0 disables it); pseudo labels
@@ -131,25 +132,11 @@ class Text4PointDetection(Text4PointTask):
     # ---------------------------------------------------------------- Lightning hooks
     def setup(self, stage: str) -> None:
         """Under DDP (CPU or GPU) every BatchNorm (sparse network and VoteNet head) is synchronised across processes
-        (``lang3d.training.sync_batchnorm``); the datamodule's classes, box kind and mean sizes are checked against the
-        model's (mean sizes adopted when not given)."""
+        (``lang3d.training.sync_batchnorm``); mean sizes not given are the datamodule's."""
         super().setup(stage)
         data = getattr(self.trainer, "datamodule", None)
-        if data is None:
-            return
-        names = list(getattr(data, "class_names", self.class_names))
-        if names != self.class_names:
-            raise ValueError(f"model.class_names {self.class_names} differ from the datamodule's {names}")
-        if hasattr(data, "oriented") and bool(data.oriented) != bool(self.hparams.oriented):
-            raise ValueError(f"model.oriented={self.hparams.oriented} but {type(data).__name__} has "
-                             f"oriented={bool(data.oriented)} boxes")
-        if getattr(data, "mean_size", None) is not None:
-            theirs = torch.as_tensor(np.asarray(data.mean_size), dtype=torch.float32)
-            if not bool(torch.isfinite(self.mean_size).all()):
-                self.mean_size.copy_(theirs)
-            elif theirs.shape != self.mean_size.shape or not torch.allclose(self.mean_size.cpu(), theirs, atol=1e-4):
-                raise ValueError(f"model.mean_size {self.mean_size.tolist()} differs from the datamodule's "
-                                 f"{theirs.tolist()}")
+        if not bool(torch.isfinite(self.mean_size).all()) and getattr(data, "mean_size", None) is not None:
+            self.mean_size.copy_(torch.as_tensor(np.asarray(data.mean_size), dtype=torch.float32))
 
     def _evaluate(self, batch: dict, metric: DetectionMAP) -> tuple[list[dict], list[dict]]:
         det, _ = self(batch)

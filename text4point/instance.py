@@ -69,7 +69,8 @@ class Text4PointInstanceSegmentation(Text4PointTask):
         class_names, network, pretrained: see ``Text4PointTask``; the network's decoder outputs ``feature_dim``
             channels.
         feature_dim: channels of z3D; score_hidden: ScoreNet width.
-        voxel_size: voxel edge in metres; must be the datamodule's (checked at ``setup``).
+        voxel_size: voxel edge in metres, the datamodule's (the CLI takes it from the data,
+            ``lang3d.training.cli.DATA_LINKS``).
         cluster_radius: metres; same-class voxel centres within it are linked, on original and shifted coordinates
             (default 0.09: the 26 neighbours of a 5 cm voxel); cluster_min_voxels: smaller clusters are dropped;
             cluster_max_neighbours: cap of each voxel's links (see ``text4point.instance_clustering``);
@@ -96,6 +97,9 @@ class Text4PointInstanceSegmentation(Text4PointTask):
                  aux_radius_voxels: float = 8.0, ignore_index: int = -1, lr: float = 0.1, momentum: float = 0.9,
                  weight_decay: float = 1e-4, poly_power: float = 0.9, log_point_cloud_every_n_epochs: int = 1,
                  eval_convention: str = "scannet", eval_min_region_size: int = 100):
+        if voxel_size is None or not voxel_size > 0:
+            raise ValueError(f"Text4PointInstanceSegmentation: voxel_size must be the data's voxel edge in metres, got "
+                             f"{voxel_size} (does the datamodule voxelise?)")
         unknown = [name for name in skip_classes if name not in class_names]
         if unknown:
             raise ValueError(f"skip_classes {unknown} are not among the classes {list(class_names)}")
@@ -195,14 +199,6 @@ class Text4PointInstanceSegmentation(Text4PointTask):
         return rooms
 
     # ---------------------------------------------------------------- Lightning hooks
-    def setup(self, stage: str) -> None:
-        """Checks that the datamodule voxelises with ``voxel_size``; under DDP every BatchNorm is synchronised."""
-        data_hp = getattr(getattr(self.trainer, "datamodule", None), "hparams", {})
-        if "voxel_size" in data_hp and not np.isclose(data_hp["voxel_size"], self.hparams.voxel_size):
-            raise ValueError(f"Text4PointInstanceSegmentation: model voxel_size {self.hparams.voxel_size} m differs "
-                             f"from the datamodule's {data_hp['voxel_size']} m (offsets and radii are in metres)")
-        super().setup(stage)
-
     def _evaluate(self, batch: dict, metrics: InstanceSegmentationMetrics) -> list[RoomInstances]:
         _require_instances(batch)
         rooms = self.predict_instances(batch)

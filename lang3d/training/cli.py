@@ -6,10 +6,16 @@
 """
 from __future__ import annotations
 
+import importlib
+import inspect
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
+import numpy as np
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from lang3d.training.resume import (CheckpointOnSigterm, RandomStateCheckpoint, TrainLoaderStateOnResume,
@@ -19,6 +25,47 @@ from lang3d.training.user_errors import report
 
 class DataRootError(FileNotFoundError):
     """A data root named in the config does not exist."""
+
+
+class LinkedArgumentError(ValueError):
+    """The model config sets an argument that the model takes from the data."""
+
+
+def _box_sizes(mean_size) -> list[list[float]]:
+    """[K, 3] mean box sizes (array or nested list) as nested lists of floats (what the model's hparams hold)."""
+    return np.asarray(mean_size, dtype=np.float64).tolist()
+
+
+def _voxel_size(hparams) -> float | None:
+    return hparams.get("voxel_size")
+
+
+@dataclass(frozen=True)
+class DataLink:
+    """The model's init argument ``target`` is the instantiated datamodule's attribute ``source`` (through
+    ``compute``) whenever the chosen model has that argument and the chosen data class provides the value: has the
+    attribute ``source``, or, for ``source="hparams"``, an init argument named ``target``. Otherwise the link does
+    nothing (jsonargparse ignores a link whose source attribute or target argument is missing)."""
+
+    source: str
+    target: str
+    compute: Callable | None = None
+
+    def provided_by(self, data_class: type) -> bool:
+        if self.source == "hparams":
+            return self.target in inspect.signature(data_class).parameters
+        return hasattr(data_class, self.source)
+
+
+DATA_LINKS = (DataLink("class_names", "class_names", list), DataLink("oriented", "oriented", bool),
+              DataLink("mean_size", "mean_size", _box_sizes), DataLink("hparams", "voxel_size", _voxel_size))
+"""What a model takes from its data: the classes (Text4Point's downstream tasks), whether boxes are oriented and the
+mean box sizes (detection), the voxel edge in metres (instance segmentation)."""
+
+
+def _import_class(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def _import_project() -> None:
@@ -64,15 +111,56 @@ def missing_data_roots(node, key: str = "data") -> list[str]:
     return missing
 
 
+def linked_arguments_given(config, given) -> list[str]:
+    """``model.<argument> (...)`` for every argument of ``DATA_LINKS`` that the model takes from the data (the model
+    of ``config`` has it and its data class provides it) but that ``given``, the config as written (config files
+    and command line, no defaults), sets: the CLI would replace it by the data's value."""
+    model, data = _class_and_args(config.get("model")), _class_and_args(config.get("data"))
+    if model is None or data is None:
+        return []
+    found = _class_and_args(given.get("model")) if given is not None else None
+    written = found[1] if found else {}
+    model_class, data_class = _import_class(model[0]), _import_class(data[0])
+    parameters = inspect.signature(model_class).parameters
+    return [f"model.{link.target} (it is {data_class.__name__}'s "
+            f"{link.target if link.source == 'hparams' else link.source})"
+            for link in DATA_LINKS if link.target in parameters and link.target in written
+            and link.provided_by(data_class)]
+
+
 class Lang3DCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        """The model's arguments that must match the data come from the instantiated datamodule (``DATA_LINKS``)."""
+        for link in DATA_LINKS:
+            parser.link_arguments(f"data.{link.source}", f"model.init_args.{link.target}", compute_fn=link.compute,
+                                  apply_on="instantiate")
+
+    def parse_arguments(self, parser, args) -> None:
+        """Also keeps the config as written (``self.config_given``: config files and command line, no defaults)."""
+        super().parse_arguments(parser, args)
+        if isinstance(args, (dict, Namespace)):
+            self.config_given = parser.parse_object(args, defaults=False)
+        else:
+            self.config_given = parser.parse_args(args, defaults=False)
+
     def instantiate_classes(self) -> None:
-        """Reports a missing data root before any class is built (and so before any weights are loaded)."""
+        """Reports a missing data root, or a model argument given that comes from the data, before any class is
+        built (and so before any weights are loaded)."""
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         missing = missing_data_roots(config.get("data"))
         if missing:
             raise DataRootError("the data root does not exist: " + "; ".join(missing) +
                                 " (pass --data.root /path/to/the/dataset)")
+        written = self.config_given.get(self.subcommand) if self.subcommand else self.config_given
+        given = linked_arguments_given(config, written)
+        if given:
+            raise LinkedArgumentError("the model takes these from the data, remove them from the model config or "
+                                      "command line: " + "; ".join(given))
         super().instantiate_classes()
+        # Lightning's instantiator records every link jsonargparse applied in the model's hyper-parameters, also one
+        # it ignored because the chosen model lacks the argument: such a key would break reloading a checkpoint
+        parameters = inspect.signature(type(self.model)).parameters
+        self.model.remove_ignored_hparams([link.target for link in DATA_LINKS if link.target not in parameters])
 
     def before_fit(self) -> None:
         """``--ckpt_path last`` resumes from the run's newest checkpoint (``lang3d.training.resume.newest_checkpoint``)."""
