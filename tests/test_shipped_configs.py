@@ -36,7 +36,10 @@ TINY_RN_NETWORK = ["--model.network", json.dumps({"init_args": {"clip_model": "l
 # The synthetic data sets hold exactly one training and one validation batch (one epoch = one step).
 ONE_STEP = ["--trainer.max_steps", "1", "--trainer.check_val_every_n_epoch", "1", "--trainer.num_sanity_val_steps", "0",
             "--trainer.log_every_n_steps", "1",
-            "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.enable_progress_bar", "false"]
+            "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.enable_progress_bar", "false",
+            # one process without a DDP wrapper (instance_s3dis.yaml ships a DDP strategy for several devices, which
+            # on one device would leave a process group's port open in the test process for later DDP runs)
+            "--trainer.strategy", "auto"]
 
 
 class ShippedSizes(L.Callback):
