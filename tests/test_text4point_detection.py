@@ -45,13 +45,14 @@ def scannet_datamodule(root):
                                       num_workers=0, augment=False)
 
 
-def test_votenet_fits_its_training_scenes_and_test_writes_predictions(scannet_root, tmp_path):
+@pytest.mark.learning
+def test_votenet_fits_its_training_scenes_and_test_writes_predictions(scannet_root, tmp_path, learning_seed):
     """200 steps on two scenes, scored on the same two scenes. mAP@0.25 observed: 0.252 (AMD EPYC, issue #11), > 0.3
     (the machine this was written on), 0.667 (seed 0, 1 thread, scenes shared with a held-out pair); an untrained
     model scores ~0.02. The threshold is half the lowest. Held-out scenes are not claimed: measured on two held-out
     scenes of the same generator, 200 steps leave the vote loss where it was (1.11 -> 1.04) and raise the box
     losses (overfitting); generalisation needs more scenes and steps than a CPU test affords."""
-    L.seed_everything(0)
+    L.seed_everything(learning_seed)
     dm = scannet_datamodule(scannet_root)
     model = Text4PointDetection(dm.class_names, network=partial(TINY_NETWORK, bn_momentum=0.3), num_seed=256,
                                 num_proposal=128, lr=0.003, warmup=20, warmup_unit="steps", aux_loss_weight=0.5)

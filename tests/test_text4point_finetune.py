@@ -91,8 +91,9 @@ def test_predictions_cover_every_point_through_the_inverse_index(tiny_s3dis):
     assert torch.equal(pred, expected)
 
 
-def test_finetuning_learns_far_above_chance_and_test_writes_predictions(tiny_s3dis, tmp_path):
-    L.seed_everything(0)
+@pytest.mark.learning
+def test_finetuning_learns_far_above_chance_and_test_writes_predictions(tiny_s3dis, tmp_path, learning_seed):
+    L.seed_everything(learning_seed)
     dm = datamodule(tiny_s3dis, augment=False)
     # BatchNorm momentum 0.3 (not the recipe's 0.05) so that the running statistics used at evaluation catch
     # up within a 40-step run
