@@ -47,11 +47,14 @@ def scannet_datamodule(root):
 
 @pytest.mark.learning
 def test_votenet_fits_its_training_scenes_and_test_writes_predictions(scannet_root, tmp_path, learning_seed):
-    """200 steps on two scenes, scored on the same two scenes. mAP@0.25 observed: 0.252 (AMD EPYC, issue #11), > 0.3
-    (the machine this was written on), 0.667 (seed 0, 1 thread, scenes shared with a held-out pair); an untrained
-    model scores ~0.02. The threshold is half the lowest. Held-out scenes are not claimed: measured on two held-out
-    scenes of the same generator, 200 steps leave the vote loss where it was (1.11 -> 1.04) and raise the box
-    losses (overfitting); generalisation needs more scenes and steps than a CPU test affords."""
+    """200 steps on two scenes: VoteNet's detection loss on them (votes, objectness, boxes, classes) falls to under
+    0.6 of its start (mean of the last three logged values over the first three; observed 0.18-0.27 over seeds 0-2
+    at 1 and 2 threads); the evaluation on the same two scenes gives a valid mAP and the test writes predictions.
+    mAP@0.25 itself is printed, not asserted: on two scenes it rests on a handful of boxes and varied from 0.07 to
+    0.77 between seeds and thread counts (0.252 on an AMD EPYC, issue #11) while the loss fell alike. Held-out scenes
+    are not claimed: measured on two held-out scenes of the same generator, 200 steps leave the vote loss where it was
+    (1.11 -> 1.04) and raise the box losses (overfitting); generalisation needs more scenes and steps than a CPU test
+    affords."""
     L.seed_everything(learning_seed)
     dm = scannet_datamodule(scannet_root)
     model = Text4PointDetection(dm.class_names, network=partial(TINY_NETWORK, bn_momentum=0.3), num_seed=256,
@@ -65,8 +68,15 @@ def test_votenet_fits_its_training_scenes_and_test_writes_predictions(scannet_ro
     trainer.fit(model, dm)
     torch.testing.assert_close(model.mean_size, torch.as_tensor(dm.mean_size))   # adopted from the datamodule
     ap25, ap50 = float(trainer.callback_metrics["val/map@0.25"]), float(trainer.callback_metrics["val/map@0.5"])
-    print(f"after {steps} steps: mAP@0.25 {ap25:.3f}, mAP@0.5 {ap50:.3f}")
-    assert ap25 > 0.12, f"mAP@0.25 {ap25:.3f} after {steps} steps on its own two training scenes"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(trainer.log_dir)
+    events.Reload()
+    loss = [e.value for e in events.Scalars("train/loss_det")]
+    ratio = sum(loss[-3:]) / sum(loss[:3])
+    print(f"after {steps} steps: detection loss {ratio:.2f} of its start, mAP@0.25 {ap25:.3f}, mAP@0.5 {ap50:.3f}")
+    assert len(loss) >= 6 and ratio < 0.6, f"detection loss {loss} after {steps} steps on its own two scenes"
+    assert 0.0 <= ap25 <= 1.0 and 0.0 <= ap50 <= 1.0
 
     trainer.test(model, dm)
     files = sorted(Path(trainer.log_dir, "predictions").glob("*.npy"))
@@ -76,9 +86,6 @@ def test_votenet_fits_its_training_scenes_and_test_writes_predictions(scannet_ro
     assert ((rows["score"] >= 0) & (rows["score"] <= 1)).all() and (rows["box"][:, 3:6] >= 0).all()
     assert set(np.unique(rows["label"])) <= set(range(len(dm.class_names))) and (rows["box"][:, 6] == 0).all()
 
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(trainer.log_dir)
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"val/map@0.25", "val/map@0.5", "test/map@0.25", "train/loss_aux", "train/vote"} <= scalars
