@@ -48,10 +48,11 @@ def scannet_datamodule(root):
 @pytest.mark.learning
 def test_votenet_fits_its_training_scenes_and_test_writes_predictions(scannet_root, tmp_path, learning_seed):
     """200 steps on two scenes: VoteNet's detection loss on them (votes, objectness, boxes, classes) falls to under
-    0.6 of its start (mean of the last three logged values over the first three; observed 0.18-0.27 over seeds 0-2
-    at 1 and 2 threads); the evaluation on the same two scenes gives a valid mAP and the test writes predictions.
-    mAP@0.25 itself is printed, not asserted: on two scenes it rests on a handful of boxes and varied from 0.07 to
-    0.77 between seeds and thread counts (0.252 on an AMD EPYC, issue #11) while the loss fell alike. Held-out scenes
+    0.75 of its start (mean of the last three logged values over the first three; observed 0.16-0.37 over seeds 0-2
+    at 1 and 2 threads, ``make check-learning``; 2-thread runs are not bit-reproducible: one seed gave 0.27 and 0.37);
+    the evaluation on the same two scenes gives a valid mAP and the test writes predictions. mAP@0.25 itself is
+    printed, not asserted: on two scenes it rests on a handful of boxes and varied from 0.07 to 0.77 between runs
+    (0.252 on an AMD EPYC, issue #11) while the loss fell alike. Held-out scenes
     are not claimed: measured on two held-out scenes of the same generator, 200 steps leave the vote loss where it was
     (1.11 -> 1.04) and raise the box losses (overfitting); generalisation needs more scenes and steps than a CPU test
     affords."""
@@ -75,7 +76,7 @@ def test_votenet_fits_its_training_scenes_and_test_writes_predictions(scannet_ro
     loss = [e.value for e in events.Scalars("train/loss_det")]
     ratio = sum(loss[-3:]) / sum(loss[:3])
     print(f"after {steps} steps: detection loss {ratio:.2f} of its start, mAP@0.25 {ap25:.3f}, mAP@0.5 {ap50:.3f}")
-    assert len(loss) >= 6 and ratio < 0.6, f"detection loss {loss} after {steps} steps on its own two scenes"
+    assert len(loss) >= 6 and ratio < 0.75, f"detection loss {loss} after {steps} steps on its own two scenes"
     assert 0.0 <= ap25 <= 1.0 and 0.0 <= ap50 <= 1.0
 
     trainer.test(model, dm)
