@@ -13,7 +13,7 @@ from torch import nn
 
 from lang3d.models.clip import CLIPDenseImageEncoder, CLIPTextEncoder, load_clip
 from lang3d.models.prompt_learner import PromptLearner
-from lang3d.training.checkpoint import FrozenPretrained, keep_out_of_state_dict
+from lang3d.training.checkpoint import keep_out_of_state_dict
 from pointbind.clip_image import CLIPImageEncoder
 from sepe.metrics import PointFID
 from sepe.pointcloud_features import PointNet2SSG

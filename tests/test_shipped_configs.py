@@ -15,7 +15,6 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-import torch
 import yaml
 
 from datamodules.synthetic.cap3d import generate_cap3d
@@ -160,7 +159,7 @@ def test_s3dis_configs_at_shipped_batch_size(config, s3dis_rooms, tmp_path):
     assert batch == 6
     seen, _ = fit_one_step(TEXT4POINT / config, tmp_path, *TINY_RN_NETWORK, "--data.root", str(s3dis_rooms),
                            "--data.areas", "[1, 5]", "--data.train_loop", "2", "--data.max_val_rooms", "1")
-    (train,), (val,) = seen["train"], seen["val"]
+    (train,), (_,) = seen["train"], seen["val"]   # one validation batch
     assert train["samples"] == batch and train["voxel_size"] == 0.05 and train["extent_m"] > 25.0, seen
 
 
