@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from lang3d.models.clip import CLIPTextEncoder, load_clip
 from pointbind.arithmetic import compose, composed_retrieval, nearest
-from lang3d.metrics.retrieval import EmbeddingBank, retrieval_scores, stable_rank_scores
+from lang3d.metrics.retrieval import EmbeddingBank, retrieval_scores
 from pointbind.zeroshot import average_templates, class_text_embeddings, topk_accuracy, zero_shot_logits
 
 
@@ -173,4 +173,8 @@ def test_retrieval_ranks_exact_ties_in_gallery_order_and_counts_negative_cosines
     expected = naive_scores(query, gallery, qlab, glab, (1, 2, 3))
     for key, value in expected.items():
         assert got[key].item() == pytest.approx(value, abs=1e-6), key
-    assert stable_rank_scores(torch.tensor([[0.5, -1.0, 0.5, -1.0]])).tolist() == [[4.0, 2.0, 3.0, 1.0]]
+    # by hand: an exact tie goes to the gallery's first item, a relevant item at cosine -1 is still ranked (third)
+    tie = retrieval_scores(torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]]),
+                           torch.tensor([1]), torch.tensor([0, 1, 1]), ks=(1, 2))
+    assert tie["R@1"].item() == 0.0 and tie["R@2"].item() == 1.0
+    assert tie["mAP"].item() == pytest.approx((1 / 2 + 2 / 3) / 2)

@@ -17,17 +17,6 @@ from torchmetrics.functional.retrieval import retrieval_average_precision, retri
 from lang3d.training.distributed import gather_rows, row_counts
 
 
-def stable_rank_scores(sim: torch.Tensor) -> torch.Tensor:
-    """Similarities [q, G] -> scores [q, G] float: G for each row's most similar item down to 1 for its least, exact
-    ties in gallery order (a stable sort). Strictly positive and distinct, so torchmetrics' retrieval functions
-    rank exactly by them: on raw cosines they would break ties by an unstable sort (scores would change with the
-    order DDP gathers the gallery in) and count items scored <= 0 (negative cosines) as never retrieved."""
-    order = sim.argsort(dim=1, descending=True, stable=True)
-    positions = torch.arange(sim.shape[1], device=sim.device).expand_as(order)
-    rank = torch.empty_like(order).scatter_(1, order, positions)                       # 0 = first
-    return (sim.shape[1] - rank).float()
-
-
 def retrieval_scores(query: torch.Tensor, gallery: torch.Tensor, query_labels: torch.Tensor,
                      gallery_labels: torch.Tensor, ks: Sequence[int] = (1, 5, 10), exclude_self: bool = False,
                      chunk: int = 1024) -> dict[str, torch.Tensor]:
@@ -35,8 +24,11 @@ def retrieval_scores(query: torch.Tensor, gallery: torch.Tensor, query_labels: t
 
     R@k: fraction of queries with at least one relevant item among the k first (torchmetrics' hit rate). mAP: mean
     over queries of the average precision (1/R) Σ_{relevant ranks r} precision@r over the whole ranking
-    (torchmetrics' average precision). Both read the ranking of ``stable_rank_scores``: ties in gallery order.
-    ``exclude_self`` (query set = gallery set, e.g. 3D->3D) removes each query from its own gallery. Queries with no
+    (torchmetrics' average precision). The gallery is ranked once per query by a stable sort of the cosines (ties in
+    gallery order), and torchmetrics is given the ranking as scores G, G-1, ..., 1: on raw cosines it would break
+    ties by an unstable sort (scores would change with the order DDP gathers the gallery in) and count items scored
+    <= 0 (negative cosines) as never retrieved. It reads only what changes its result, each query's first max(ks)
+    items for R@k and its ranking up to the last relevant item for AP. ``exclude_self`` (query set = gallery set, e.g. 3D->3D) removes each query from its own gallery. Queries with no
     relevant item are left out of every score (counted out of ``queries``).
     """
     if exclude_self and len(query) != len(gallery):
@@ -45,6 +37,8 @@ def retrieval_scores(query: torch.Tensor, gallery: torch.Tensor, query_labels: t
         raise ValueError(f"retrieval needs a non-empty gallery and one label per item: query {len(query)} / "
                          f"{len(query_labels)} labels, gallery {len(gallery)} / {len(gallery_labels)} labels")
     query, gallery = F.normalize(query.float(), dim=-1), F.normalize(gallery.float(), dim=-1)
+    rank_scores = torch.arange(len(gallery), 0, -1, dtype=torch.float32, device=gallery.device)   # G, ..., 1
+    top = max(ks, default=1)
     hits: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
     precisions: list[torch.Tensor] = []
     for start in range(0, len(query), chunk):
@@ -55,10 +49,13 @@ def retrieval_scores(query: torch.Tensor, gallery: torch.Tensor, query_labels: t
             sim[rows, rows + start] = float("-inf")
             relevant[rows, rows + start] = False
         keep = relevant.any(1)
-        for scores, rel in zip(stable_rank_scores(sim[keep]), relevant[keep]):
+        order = sim[keep].argsort(dim=1, descending=True, stable=True)
+        ranked = relevant[keep].gather(1, order)                                         # [q, G] by rank
+        last = ranked.shape[1] - ranked.flip(1).int().argmax(1)                          # [q] last relevant + 1
+        for rel, end in zip(ranked, last.tolist()):
             for k in ks:
-                hits[k].append(retrieval_hit_rate(scores, rel, top_k=k))
-            precisions.append(retrieval_average_precision(scores, rel))
+                hits[k].append(retrieval_hit_rate(rank_scores[:top], rel[:top], top_k=k))
+            precisions.append(retrieval_average_precision(rank_scores[:end], rel[:end]))
     counted = len(precisions)
     zero = query.new_zeros(())
     scores = {f"R@{k}": torch.stack(hits[k]).mean() if counted else zero for k in ks}
