@@ -110,15 +110,17 @@ def scaled(planes: tuple[int, ...], width: float) -> tuple[int, ...]:
 
 
 class Res16Encoder(nn.Module):
-    """Stem + 4 encoder stages. Returns h at stride 16 (256 × width ch) and skips at strides 1, 2, 4, 8."""
+    """Stem + 4 encoder stages. Returns h at stride 16 (256 × width ch) and skips at strides 1, 2, 4, 8.
+    ``channels``: the stem's and each stage's output channels (32, 32, 64, 128, 256 at width 1)."""
 
     def __init__(self, in_channels: int, stem_kernel_size: int, bn_momentum: float, width: float = 1.0):
         super().__init__()
         self.in_channels = in_channels
-        stem = scaled((STEM_PLANES,), width)[0]
+        self.channels = scaled((STEM_PLANES, *ENCODER_PLANES), width)
+        stem = self.channels[0]
         self.stem = ConvNormAct(_conv(in_channels, stem, stem_kernel_size), stem, bn_momentum)
         stages, c = [], stem
-        for planes, n in zip(scaled(ENCODER_PLANES, width), ENCODER_BLOCKS):
+        for planes, n in zip(self.channels[1:], ENCODER_BLOCKS):
             stages.append(EncoderStage(c, planes, n, bn_momentum))
             c = planes
         self.stages = nn.ModuleList(stages)
@@ -141,14 +143,16 @@ class Res16Encoder(nn.Module):
 
 
 class Res16Decoder(nn.Module):
-    """4 decoder stages: h at stride 16 + skips (strides 1, 2, 4, 8) -> features at stride 1 (96 × width ch)."""
+    """4 decoder stages: h at stride 16 + skips (strides 1, 2, 4, 8) -> features at stride 1 (96 × width ch).
+    ``channels``: each stage's output channels (256, 128, 96, 96 at width 1)."""
 
-    def __init__(self, bn_momentum: float, width: float = 1.0):
+    def __init__(self, encoder_channels: tuple[int, ...], bn_momentum: float, width: float = 1.0):
+        """encoder_channels: ``Res16Encoder.channels`` (stem, then each stage): h's width and the skips'."""
         super().__init__()
-        encoder = scaled(ENCODER_PLANES, width)
-        skip_channels = (encoder[2], encoder[1], encoder[0], scaled((STEM_PLANES,), width)[0])  # 128, 64, 32, 32
-        stages, c = [], encoder[-1]
-        for planes, n, c_skip in zip(scaled(DECODER_PLANES, width), DECODER_BLOCKS, skip_channels):
+        skip_channels = encoder_channels[-2::-1]  # 128, 64, 32, 32 at width 1
+        self.channels = scaled(DECODER_PLANES, width)
+        stages, c = [], encoder_channels[-1]
+        for planes, n, c_skip in zip(self.channels, DECODER_BLOCKS, skip_channels):
             stages.append(DecoderStage(c, c_skip, planes, n, bn_momentum))
             c = planes
         self.stages = nn.ModuleList(stages)
@@ -192,10 +196,10 @@ class Res16UNet34C(nn.Module):
             raise ValueError(f"Res16UNet34C: width must be > 0, got {width}")
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.encoder_channels = scaled(ENCODER_PLANES, width)[-1]
-        self.decoder_channels = scaled(DECODER_PLANES, width)[-1]
         self.encoder = Res16Encoder(in_channels, stem_kernel_size, bn_momentum, width)
-        self.decoder = Res16Decoder(bn_momentum, width)
+        self.decoder = Res16Decoder(self.encoder.channels, bn_momentum, width)
+        self.encoder_channels = self.encoder.channels[-1]
+        self.decoder_channels = self.decoder.channels[-1]
         self.head = ME.MinkowskiConvolution(
             self.decoder_channels, out_channels, kernel_size=1, bias=True, dimension=D
         )
