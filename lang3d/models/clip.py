@@ -306,6 +306,21 @@ def class_prompts(class_names: list[str], template: str = "point cloud of {}.") 
     return [template.format(name) for name in class_names]
 
 
+def text_token_states(text: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """open_clip's text transformer on token embeddings x [K,L,width] (L <= context length, no positional
+    embedding yet) -> per-token states [K,L,width] after ``ln_final``, not projected. ``text`` is an open_clip
+    ``CLIP`` model or a ``CLIPTextTower`` (the same attribute names)."""
+    length = x.shape[1]
+    cast_dtype = text.transformer.get_cast_dtype()
+    x = x.to(cast_dtype) + text.positional_embedding[:length].to(cast_dtype)
+    return text.ln_final(text.transformer(x, attn_mask=text.attn_mask[:length, :length]))
+
+
+def project_text(text: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """CLIP's text projection on states [..., width] -> [..., d] (open_clip keeps it as a matrix or a Linear)."""
+    return text.text_projection(x) if isinstance(text.text_projection, nn.Linear) else x @ text.text_projection
+
+
 class CLIPTextTower(nn.Module):
     """The text tower's parts of an open_clip ``CLIP`` model, the same modules and tensors under open_clip's names
     (``token_embedding``, ``positional_embedding`` [L,width], ``transformer``, ``ln_final``, ``text_projection``,
@@ -362,11 +377,8 @@ class CLIPTextEncoder(FrozenPretrained):
         if x.ndim != 3 or x.shape[2] != self.width or length > m.positional_embedding.shape[0]:
             raise ValueError(f"token embeddings must be [K, L<={m.positional_embedding.shape[0]}, {self.width}], "
                              f"got {tuple(x.shape)}")
-        cast_dtype = m.transformer.get_cast_dtype()
-        x = x.to(cast_dtype) + m.positional_embedding[:length].to(cast_dtype)
-        x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask[:length, :length]))
-        x = x[torch.arange(x.shape[0], device=x.device), eot_index]
-        return m.text_projection(x) if isinstance(m.text_projection, nn.Linear) else x @ m.text_projection
+        x = text_token_states(m, x)
+        return project_text(m, x[torch.arange(x.shape[0], device=x.device), eot_index])
 
     @torch.no_grad()
     def forward(self, texts: list[str]) -> torch.Tensor:

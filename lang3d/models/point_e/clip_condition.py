@@ -15,7 +15,7 @@ from open_clip.transformer import VisionTransformer
 from PIL import Image
 from torch import nn
 
-from lang3d.models.clip import CLIPImagePreprocess, load_clip
+from lang3d.models.clip import CLIPImagePreprocess, load_clip, project_text, text_token_states
 from lang3d.training.checkpoint import FrozenPretrained
 
 ImageInput = torch.Tensor | Sequence[Image.Image | np.ndarray]
@@ -103,10 +103,7 @@ class CLIPConditioner(FrozenPretrained):
         L2-normalised, is ``embed_text``."""
         if isinstance(texts, str) or not texts:
             raise ValueError("texts must be a non-empty sequence of strings")
-        m = self.model
         tokens = self.tokenizer(list(texts)).to(self.device)
-        x = m.token_embedding(tokens).to(m.transformer.get_cast_dtype()) + m.positional_embedding
-        x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask))
-        x = m.text_projection(x) if isinstance(m.text_projection, nn.Linear) else x @ m.text_projection
+        x = project_text(self.model, text_token_states(self.model, self.model.token_embedding(tokens)))
         mask = torch.arange(tokens.shape[1], device=tokens.device)[None] <= tokens.argmax(-1)[:, None]
         return x.float(), mask
