@@ -16,8 +16,8 @@ import time
 import lightning as L
 import torch
 
-from datamodules.scannet.meta import CLASS_LABELS
 from datamodules import ScanNetPairsDataModule
+from datamodules.scannet.meta import CLASS_LABELS
 from datamodules.synthetic.scannet import generate_scannet
 from lang3d.training.timing import record, timed
 from text4point import Text4PointPretraining

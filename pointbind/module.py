@@ -13,19 +13,19 @@ from torch import nn
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from datamodules.modelnet40.prompts import prompt_names, templates
+from lang3d.metrics.retrieval import EmbeddingBank, retrieval_scores
 from lang3d.models.clip import CLIPTextEncoder, load_clip
-from lang3d.training.empty_steps import EmptyStepsMixin
 from lang3d.training.embedding_cache import EmbeddingCache, content_key, model_fingerprint
-from lang3d.training.sync_batchnorm import rows_left_out, sync_batchnorm_under_ddp
+from lang3d.training.empty_steps import EmptyStepsMixin
 from lang3d.training.schedules import warmup_cosine
+from lang3d.training.sync_batchnorm import rows_left_out, sync_batchnorm_under_ddp
 from lang3d.visual.tensorboard import confusion_image, log_image
 from pointbind.arithmetic import composed_retrieval
 from pointbind.clip_image import CLIPImageEncoder
 from pointbind.encoders import build_encoder
 from pointbind.head import LogitScale, ProjectionHead
-from pointbind.pretrained import load_encoder, load_release
 from pointbind.loss import alignment_loss
-from lang3d.metrics.retrieval import EmbeddingBank, retrieval_scores
+from pointbind.pretrained import load_encoder, load_release
 from pointbind.zeroshot import class_text_embeddings, topk_accuracy, zero_shot_logits
 
 STAGES = ("val", "test")

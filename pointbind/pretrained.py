@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from lang3d.training.checkpoint import CheckpointMismatchError, LoadReport, load_tensors
 from lang3d.convert import Conversion, read_checkpoint
+from lang3d.training.checkpoint import CheckpointMismatchError, LoadReport, load_tensors
 
 RELEASE_KINDS = ("pointbind",)
 ENCODER_KINDS = ("i2pmae-pretrain", "pointbert-pretrain", "pointbind")

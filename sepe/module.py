@@ -29,12 +29,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from lang3d.training.checkpoint import keep_out_of_state_dict
-from lang3d.models.clip import load_clip
 from lang3d.data.sampling import seed_from_names
+from lang3d.models.clip import load_clip
 from lang3d.models.lora import POINT_E_LORA_TARGETS, apply_lora
 from lang3d.models.point_e import (CLIPConditioner, GaussianDiffusion, PointCloudSampler, StageConfig, build_model,
-                            load_official_checkpoint, unscale_channels)
+                                   load_official_checkpoint, unscale_channels)
+from lang3d.training.checkpoint import keep_out_of_state_dict
 from lang3d.visual.render import render_views
 from lang3d.visual.tensorboard import log_image, log_point_cloud
 from sepe.conditioned_model import SEPEConditionedModel

@@ -14,8 +14,8 @@ from datamodules.s3dis.rooms import load_room
 from datamodules.scannet.meta import read_split
 from datamodules.scannet.scene import ExportedScene
 from datamodules.scannet.sens import SensFile
-from lang3d.training.checkpoint import load_pretrained_weights
 from lang3d.data.object_samples import check_cloud
+from lang3d.training.checkpoint import load_pretrained_weights
 
 
 def garbage(path, data=b"\x00\x01 not this format \xff"):

@@ -13,7 +13,9 @@ from PIL import Image
 from datamodules.cap3d import (Cap3DDataModule, Cap3DFormatError, RenderedViews, camera_matrices, composite,
                                depth_to_points, read_captions, read_point_cloud, split_of)
 from datamodules.cap3d.datamodule import Cap3DObjects, index_objects
-from datamodules.synthetic.cap3d import COLORS, POINT_DIR, VIEW_DIR, generate_cap3d, main as synthetic_main, png_bytes
+from datamodules.synthetic.cap3d import COLORS, POINT_DIR, VIEW_DIR, generate_cap3d
+from datamodules.synthetic.cap3d import main as synthetic_main
+from datamodules.synthetic.cap3d import png_bytes
 from lang3d.data.object_samples import PointSelector
 
 SIZE = 48

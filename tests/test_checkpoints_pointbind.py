@@ -18,9 +18,9 @@ from datamodules.cap3d import Cap3DDataModule
 from datamodules.modelnet40 import ModelNet40DataModule
 from datamodules.synthetic.cap3d import generate_cap3d
 from datamodules.synthetic.modelnet40 import generate_modelnet40
+from lang3d.convert import KINDS, ConversionError, read_checkpoint, resolve
 from lang3d.training.checkpoint import CheckpointMismatchError, UnsafeCheckpointError, safe_load
 from lang3d.training.cli import main as cli_main
-from lang3d.convert import KINDS, ConversionError, read_checkpoint, resolve
 from pointbind.encoders import build_encoder
 from pointbind.head import LogitScale, ProjectionHead
 from pointbind.module import PointBindAlignment

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import torch
 
-from lang3d.models.backbones.res16unet import Res16UNet34C
-from lang3d.training.checkpoint import CheckpointMismatchError, UnsafeCheckpointError, safe_load
-from lang3d.training.cli import main as lang3d_main
 from lang3d.convert import ConversionError, read_checkpoint
 from lang3d.convert.me_kernel_order import convert_hybrid_kernel, hybrid_offsets, hypercube_offsets
 from lang3d.convert.pointcontrast import is_res16unet_file, load_res16unet_weights
+from lang3d.models.backbones.res16unet import Res16UNet34C
+from lang3d.training.checkpoint import CheckpointMismatchError, UnsafeCheckpointError, safe_load
+from lang3d.training.cli import main as lang3d_main
 
 DATA = Path(__file__).parent / "data" / "pointcontrast_official"
 _spec = importlib.util.spec_from_file_location("pointcontrast_fixture", DATA / "make_fixture.py")

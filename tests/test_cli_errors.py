@@ -4,7 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from lang3d.training.cli import linked_arguments_given, missing_data_roots
 from lang3d.training.user_errors import project_error
 

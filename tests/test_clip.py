@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import QuickGELU
 
-from lang3d.models.clip import (CONFIG_DIR, CLIPDenseImageEncoder, CLIPLoadError, CLIPTextEncoder,
-                         CLIPWeightsFileError, CLIPWeightsUnavailable, class_prompts, download_lock,
-                         interpolate_grid_pos_embed, load_clip, register_model_configs)
+from lang3d.models.clip import (CONFIG_DIR, CLIPDenseImageEncoder, CLIPLoadError, CLIPTextEncoder, CLIPWeightsFileError,
+                                CLIPWeightsUnavailable, class_prompts, download_lock, interpolate_grid_pos_embed,
+                                load_clip, register_model_configs)
 
 TINY = "lang3d-tiny-RN"
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)  # OpenAI CLIP constants

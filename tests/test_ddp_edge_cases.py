@@ -12,17 +12,17 @@ rows, and ``EmbeddingBank`` with a rank holding nothing against the rows of one 
 import pytest
 import torch
 import torch.distributed as dist
+from gloo_ranks import on_gloo_ranks
+from test_ddp_pipelines import _cap3d, check_metrics, evaluate_alone, fit_ddp, reports
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from gloo_ranks import on_gloo_ranks
 from datamodules.cap3d import Cap3DDataModule
 from datamodules.synthetic.cap3d import POINT_DIR, generate_cap3d
 from datamodules.synthetic.modelnet40 import generate_modelnet40
 from datamodules.synthetic.scannet import generate_scannet
-from lang3d.training.sync_batchnorm import SyncBatchNorm, rows_left_out
 from lang3d.metrics.retrieval import EmbeddingBank
-from test_ddp_pipelines import _cap3d, check_metrics, evaluate_alone, fit_ddp, reports
+from lang3d.training.sync_batchnorm import SyncBatchNorm, rows_left_out
 
 pytestmark = pytest.mark.ddp
 

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from datamodules.scannet.pairs import PairConfig, build_frame_pair, correspondences
-from lang3d.models.clip import CLIPDenseImageEncoder, load_clip
 from lang3d.geometry.camera import backproject_depth, project_points, render_depth, scale_intrinsics, voxelize
+from lang3d.models.clip import CLIPDenseImageEncoder, load_clip
 from text4point.image_branch import ImageDecoder, upsample_to_pixels
 from text4point.pretrain import _cells
 

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from scipy.sparse.csgraph import connected_components
 
-from text4point.instance_clustering import (Clusters, best_iou, cluster_iou, cluster_points, mask_nms,
-                                            propose_instances)
+from text4point.instance_clustering import Clusters, best_iou, cluster_iou, cluster_points, mask_nms, propose_instances
 
 
 def _grid(x0: float, x1: float, y0: float, y1: float, z: float = 0.0, step: float = 0.05) -> np.ndarray:

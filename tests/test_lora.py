@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from lang3d.training.checkpoint import CheckpointMismatchError
 from lang3d.models.lora import POINT_E_LORA_TARGETS, LoRALinear, apply_lora, load_base_weights, lora_tensor_names
 from lang3d.models.point_e import build_model
+from lang3d.training.checkpoint import CheckpointMismatchError
 
 TINY = dict(width=32, layers=2, heads=2, grid_tokens=5, grid_width=24)
 

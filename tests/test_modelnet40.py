@@ -15,7 +15,8 @@ from datamodules.modelnet40 import (MODELNET40_CLASSES, ModelNet40DataModule, Mo
                                     templates)
 from datamodules.modelnet40.h5 import H5_DIR
 from datamodules.modelnet40.resampled import RESAMPLED_DIR
-from datamodules.synthetic.modelnet40 import generate_modelnet40, main as synthetic_main
+from datamodules.synthetic.modelnet40 import generate_modelnet40
+from datamodules.synthetic.modelnet40 import main as synthetic_main
 from lang3d.data.object_samples import PointCountError
 from lang3d.data.point_ops import farthest_point_sample_np
 

@@ -9,10 +9,11 @@ from scipy.stats import norm
 from torch import nn
 
 from lang3d.models.point_e.diffusion import (GaussianDiffusion, approx_standard_normal_cdf, cosine_betas,
-                                      discretized_gaussian_log_likelihood, linear_betas, normal_kl, scale_channels,
-                                      unscale_channels)
+                                             discretized_gaussian_log_likelihood, linear_betas, normal_kl,
+                                             scale_channels, unscale_channels)
 from lang3d.models.point_e.karras import (ClassifierFreeGuidance, GaussianToKarrasDenoiser, guidance_combine,
-                                   karras_sample_progressive, karras_sigmas, sample_heun, with_unconditional_half)
+                                          karras_sample_progressive, karras_sigmas, sample_heun,
+                                          with_unconditional_half)
 from lang3d.models.point_e.sampler import PointCloudSampler, StageConfig
 
 

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from lang3d.models.point_e import (MODEL_CONFIGS, CLIPConditioner, build_model, load_official_checkpoint, qkv_attention,
+                                   timestep_embedding)
 from lang3d.training.checkpoint import CheckpointMismatchError, check_state_dict
-from lang3d.models.point_e import (MODEL_CONFIGS, CLIPConditioner, build_model, load_official_checkpoint,
-                            qkv_attention, timestep_embedding)
 
 # Point-E parameter counts (point_e.md); uncond and imagevec follow from them (no clip_embed / same as textvec).
 REFERENCE_COUNTS = {"base40M": 40_466_956, "base40M-textvec": 40_333_836, "base40M-imagevec": 40_333_836,

@@ -15,9 +15,9 @@ from datamodules.cap3d import Cap3DDataModule
 from datamodules.modelnet40 import ModelNet40DataModule, prompt_names, templates
 from datamodules.synthetic.cap3d import generate_cap3d
 from datamodules.synthetic.modelnet40 import generate_modelnet40
-from lang3d.training.cli import main as cli_main
-from lang3d.models.clip import CLIPTextEncoder, load_clip
 from lang3d.data.object_samples import collate_object_samples
+from lang3d.models.clip import CLIPTextEncoder, load_clip
+from lang3d.training.cli import main as cli_main
 from pointbind import PointBindAlignment, PointBindDataModule
 from pointbind.clip_image import CLIPImageEncoder
 

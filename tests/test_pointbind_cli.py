@@ -1,6 +1,7 @@
 """Point-Bind through the command line: fit on synthetic Cap3D-format data, then zero-shot test on synthetic
 ModelNet40 with the fitted checkpoint."""
 import torch
+
 from datamodules.synthetic.cap3d import generate_cap3d
 from datamodules.synthetic.modelnet40 import generate_modelnet40
 from lang3d.training.cli import main as cli_main

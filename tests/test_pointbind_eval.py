@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lang3d.metrics.retrieval import EmbeddingBank, retrieval_scores
 from lang3d.models.clip import CLIPTextEncoder, load_clip
 from pointbind.arithmetic import compose, composed_retrieval, nearest
-from lang3d.metrics.retrieval import EmbeddingBank, retrieval_scores
 from pointbind.zeroshot import average_templates, class_text_embeddings, topk_accuracy, zero_shot_logits
 
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from gloo_ranks import on_gloo_ranks
+
 from pointbind.head import LogitScale, ProjectionHead
 from pointbind.loss import alignment_loss
 

@@ -16,11 +16,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from lang3d.metrics.generation import fid_statistics, frechet_distance, inception_score_splits
+from lang3d.models.point_e.eval_pointnet import (PointNet2SSG, ball_query, features_and_logits, load_eval_pointnet,
+                                                 normalize_clouds)
 from lang3d.training.checkpoint import CheckpointMismatchError, UnsafeCheckpointError
 from lang3d.training.cli import main as lang3d_main
-from lang3d.models.point_e.eval_pointnet import (PointNet2SSG, ball_query, features_and_logits, load_eval_pointnet,
-                                         normalize_clouds)
-from lang3d.metrics.generation import fid_statistics, frechet_distance, inception_score_splits
 from sepe.metrics import PointFID, PointIS
 from sepe.pointcloud_features import PointNet2Classification, load_feature_network
 

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from lang3d.models.clip import CLIPTextEncoder, class_prompts, load_clip
-from lang3d.models.prompt_learner import (FixedPrompts, PromptLearner, RandomClassEmbeddings, build_class_embeddings)
+from lang3d.models.prompt_learner import FixedPrompts, PromptLearner, RandomClassEmbeddings, build_class_embeddings
 
 NAMES = ["chair", "bookshelf", "sofa bed table", "board"]  # different token counts: EOT at different positions
 

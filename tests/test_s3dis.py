@@ -8,7 +8,8 @@ from datamodules.s3dis import (S3DIS_CLASSES, S3DISCacheError, S3DISDataModule, 
                                prepare_rooms, read_annotation, read_room, split_areas)
 from datamodules.s3dis.raw import ALIGNED_DIR, list_rooms, resolve_raw_root
 from datamodules.s3dis.rooms import room_path, save_room
-from datamodules.synthetic.s3dis import generate_s3dis, main as synthetic_main
+from datamodules.synthetic.s3dis import generate_s3dis
+from datamodules.synthetic.s3dis import main as synthetic_main
 
 
 @pytest.fixture(scope="module")

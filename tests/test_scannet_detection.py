@@ -9,7 +9,8 @@ import torch
 
 from datamodules.detection_common import DetectionFormatError, collate_detection
 from datamodules.scannet_detection import CLASS_NAMES, ScanNetDetectionDataModule, instance_votes, load_scene
-from datamodules.synthetic.scannet_detection import OBJECTS, generate_scannet_detection, main as synthetic_main
+from datamodules.synthetic.scannet_detection import OBJECTS, generate_scannet_detection
+from datamodules.synthetic.scannet_detection import main as synthetic_main
 from lang3d.data.boxes_transforms import RandomFlipBoxes, RandomRotateBoxesZ, SamplePoints, VoxelizeDetection
 from lang3d.data.sampling import sharded_loader
 

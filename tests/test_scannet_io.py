@@ -13,12 +13,12 @@ import pytest
 from PIL import Image
 from plyfile import PlyData
 
-from datamodules.scannet.meta import (CLASS_LABELS, NYU40_CLASSES, NYU40_PALETTE, VALID_CLASS_IDS,
-                                      ScanNetFormatError, nyu40_to_benchmark, read_split)
+from datamodules.scannet.meta import (CLASS_LABELS, NYU40_CLASSES, NYU40_PALETTE, VALID_CLASS_IDS, ScanNetFormatError,
+                                      nyu40_to_benchmark, read_split)
 from datamodules.scannet.scene import ExportedScene, SensScene, open_scene, pose_is_valid
 from datamodules.scannet.sens import SensFile, SensFormatError, write_sens
 from datamodules.synthetic.scannet import (DEPTH_FX_640, camera_path, generate_scannet, main, make_room, pinhole,
-                                          render, room_mesh, scene_rng)
+                                           render, room_mesh, scene_rng)
 
 SEED, FRAMES, COLOR, DEPTH = 3, 3, (64, 48), (32, 24)
 

@@ -10,9 +10,9 @@ from plyfile import PlyData
 
 from datamodules.cap3d import Cap3DDataModule
 from datamodules.synthetic.cap3d import VIEW_DIR, generate_cap3d
-from lang3d.training.checkpoint import CheckpointMismatchError
 from lang3d.models.lora import LoRALinear
 from lang3d.models.point_e import build_model
+from lang3d.training.checkpoint import CheckpointMismatchError
 from sepe.module import SEPEFineTuning
 from sepe.predict_data import SEPEPromptsDataModule
 from sepe.writers import GeneratedCloudWriter

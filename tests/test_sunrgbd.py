@@ -10,7 +10,9 @@ from scipy.spatial import Delaunay
 
 from datamodules.detection_common import DetectionFormatError
 from datamodules.sunrgbd import CLASS_NAMES, SUNRGBDDataModule, load_scene, votenet_to_boxes
-from datamodules.synthetic.sunrgbd import generate_sunrgbd, main as synthetic_main, votenet_corners
+from datamodules.synthetic.sunrgbd import generate_sunrgbd
+from datamodules.synthetic.sunrgbd import main as synthetic_main
+from datamodules.synthetic.sunrgbd import votenet_corners
 from lang3d.data.boxes_transforms import (RandomFlipBoxes, RandomRotateBoxesZ, RandomScaleBoxes, box_segment,
                                           points_in_boxes)
 

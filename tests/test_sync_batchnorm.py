@@ -8,13 +8,13 @@ import MinkowskiEngine as ME
 import pytest
 import torch
 import torch.distributed as dist
+from gloo_ranks import on_gloo_ranks
 from torch import nn
 
-from gloo_ranks import on_gloo_ranks
-from lang3d.models.backbones.res16unet import BasicBlock
 from lang3d.geometry.sparse_index import lookup_rows
+from lang3d.models.backbones.res16unet import BasicBlock
 from lang3d.training.sync_batchnorm import (SparseSyncBatchNorm, SyncBatchNorm, convert_sync_batchnorm,
-                                   sync_batchnorm_under_ddp)
+                                            sync_batchnorm_under_ddp)
 
 WORLD = 2
 TOL = dict(rtol=1e-10, atol=1e-10)

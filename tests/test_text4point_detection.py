@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.scannet.meta import CLASS_LABELS
 from datamodules import ScanNetDetectionDataModule, SUNRGBDDataModule
 from datamodules.detection_common import collate_detection
+from datamodules.scannet.meta import CLASS_LABELS
 from datamodules.synthetic.scannet_detection import generate_scannet_detection
 from datamodules.synthetic.sunrgbd import generate_sunrgbd
-from lang3d.training.cli import Lang3DCLI, LinkedArgumentError, main as cli_main
+from lang3d.training.cli import Lang3DCLI, LinkedArgumentError
+from lang3d.training.cli import main as cli_main
 from lang3d.visual.tensorboard import bev_boxes_image
 from text4point import Text4PointDetection, Text4PointPretraining
 from text4point.detection import PREDICTION_DTYPE

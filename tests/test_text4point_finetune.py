@@ -12,12 +12,12 @@ import torch
 import yaml
 from plyfile import PlyData
 
-from datamodules.scannet.meta import CLASS_LABELS
 from datamodules import S3DISDataModule
+from datamodules.scannet.meta import CLASS_LABELS
 from datamodules.synthetic.s3dis import generate_s3dis
+from lang3d.models.prompt_learner import FixedPrompts, PromptLearner, RandomClassEmbeddings
 from lang3d.training.checkpoint import CheckpointMismatchError
 from lang3d.training.cli import main as cli_main
-from lang3d.models.prompt_learner import FixedPrompts, PromptLearner, RandomClassEmbeddings
 from text4point import Text4PointPretraining, Text4PointSegmentation
 from text4point.guided_net import LanguageGuidedNet
 from text4point.writers import SegmentationPredictionWriter

@@ -12,12 +12,13 @@ import pytest
 import torch
 import yaml
 
-from datamodules.scannet.meta import CLASS_LABELS
 from datamodules import S3DISDataModule
 from datamodules.s3dis.raw import ALIGNED_DIR
 from datamodules.s3dis.rooms import load_room, room_path
+from datamodules.scannet.meta import CLASS_LABELS
 from datamodules.synthetic.s3dis import generate_s3dis
-from lang3d.training.cli import Lang3DCLI, LinkedArgumentError, main as cli_main
+from lang3d.training.cli import Lang3DCLI, LinkedArgumentError
+from lang3d.training.cli import main as cli_main
 from text4point import Text4PointInstanceSegmentation, Text4PointPretraining
 from text4point.guided_net import LanguageGuidedNet
 from text4point.instance_clustering import best_iou, cluster_points

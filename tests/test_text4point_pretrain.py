@@ -8,8 +8,8 @@ import torch
 
 from datamodules import ScanNetPairsDataModule
 from datamodules.scannet.meta import CLASS_LABELS
-from lang3d.training.cli import main as cli_main
 from lang3d.models.clip import CLIPDenseImageEncoder, load_clip
+from lang3d.training.cli import main as cli_main
 from text4point import Text4PointPretraining
 from text4point.pretrain import sample_one_to_one
 

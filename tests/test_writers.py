@@ -17,13 +17,13 @@ from datamodules import S3DISDataModule
 from datamodules.synthetic.cap3d import generate_cap3d
 from datamodules.synthetic.s3dis import generate_s3dis
 from lang3d.training.cli import main as cli_main
-from lang3d.visual.tensorboard import label_colors
 from lang3d.training.writers import BaseTestWriter
+from lang3d.visual.tensorboard import label_colors
 from pointbind.writers import ArithmeticRankingWriter
 from text4point import Text4PointSegmentation
-from text4point.guided_net import LanguageGuidedNet
 from text4point.detection import PREDICTION_DTYPE
 from text4point.finetune import RoomLabels
+from text4point.guided_net import LanguageGuidedNet
 from text4point.instance import RoomInstances
 from text4point.writers import DetectionPredictionWriter, InstancePredictionWriter, SegmentationPredictionWriter
 

@@ -14,11 +14,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from lang3d.training.checkpoint import load_pretrained_weights
-from lang3d.models.clip import CLIPTextEncoder, load_clip
 from lang3d.convert.pointcontrast import is_res16unet_file, load_res16unet_weights
-from lang3d.models.prompt_learner import PROMPT_KINDS, build_class_embeddings
 from lang3d.geometry.sparse_index import lookup_rows
+from lang3d.models.clip import CLIPTextEncoder, load_clip
+from lang3d.models.prompt_learner import PROMPT_KINDS, build_class_embeddings
+from lang3d.training.checkpoint import load_pretrained_weights
 from text4point.aux_loss import auxiliary_loss, pseudo_labels
 from text4point.network import ENCODER_STRIDE, Text4PointFeatures, Text4PointNet
 

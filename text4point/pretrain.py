@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
-from lang3d.models.clip import CLIPDenseImageEncoder, CLIPTextEncoder, load_clip
 from lang3d.data.sampling import seed_from_names
-from lang3d.training.empty_steps import EmptyStepsMixin
+from lang3d.geometry.sparse_index import coarsen, lookup_rows
+from lang3d.models.clip import CLIPDenseImageEncoder, CLIPTextEncoder, load_clip
 from lang3d.models.losses import masked_l1, pixel_voxel_contrastive_loss
 from lang3d.models.prompt_learner import build_class_embeddings
-from lang3d.geometry.sparse_index import coarsen, lookup_rows
+from lang3d.training.empty_steps import EmptyStepsMixin
 from lang3d.training.sync_batchnorm import rows_left_out, sync_batchnorm_under_ddp
 from lang3d.visual.tensorboard import log_image, overlay_points
 from text4point.image_branch import ImageDecoder, pixel_cells, upsample_to_pixels

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from lang3d.training.atomic import atomic_write
+from lang3d.training.writers import BaseTestWriter
 from lang3d.visual.ply import write_point_ply
 from lang3d.visual.tensorboard import label_colors
-from lang3d.training.writers import BaseTestWriter
 from text4point.finetune import RoomLabels, Text4PointSegmentation
 from text4point.instance import RoomInstances
 

@@ -18,9 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.modelnet40.common import ModelNet40FormatError, read_shape_names
 from datamodules.modelnet40.h5 import H5_DIR, load_h5_split
 from datamodules.modelnet40.prompts import prompt_names
-from datamodules.modelnet40.resampled import (RESAMPLED_DIR, class_of, read_shape, read_split_ids,
-                                              read_ulip_cache, shape_names_file, shape_path, split_list_path,
-                                              ulip_cache_path)
+from datamodules.modelnet40.resampled import (RESAMPLED_DIR, class_of, read_shape, read_split_ids, read_ulip_cache,
+                                              shape_names_file, shape_path, split_list_path, ulip_cache_path)
 from lang3d.data.object_samples import PointSelector, check_cloud, collate_object_samples
 from lang3d.data.point_ops import normalize_unit_sphere
 from lang3d.data.sampling import sharded_loader

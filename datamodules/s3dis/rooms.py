@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from lang3d.training.atomic import atomic_write
 from datamodules.s3dis.raw import S3DIS_CLASSES, list_rooms, read_room, resolve_raw_root
+from lang3d.training.atomic import atomic_write
 
 CACHE_FORMAT = 1
 _STORED = {"coord": np.float32, "color": np.uint8, "segment": np.int16, "instance": np.int32}

@@ -10,9 +10,9 @@ import numpy as np
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from lang3d.training.atomic import atomic_write
 from datamodules.scannet.pairs import PairConfig, build_frame_pair
 from datamodules.scannet.scene import open_scene, pose_is_valid
+from lang3d.training.atomic import atomic_write
 
 
 class ScanNetFramePairs(Dataset):

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from lang3d.geometry.camera import (backproject_depth, project_points, render_depth, scale_intrinsics,
-                                    voxel_centres, voxelize)
+from lang3d.geometry.camera import (backproject_depth, project_points, render_depth, scale_intrinsics, voxel_centres,
+                                    voxelize)
 
 
 @dataclass(frozen=True)

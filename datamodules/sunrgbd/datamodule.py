@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Callable
 
 from datamodules.detection_common import DetectionDataModule
-from datamodules.sunrgbd.reader import (CLASS_NAMES, MEAN_SIZE, index_file, list_samples, load_scene,
-                                        prepared_dir, read_index, scene_files)
+from datamodules.sunrgbd.reader import (CLASS_NAMES, MEAN_SIZE, index_file, list_samples, load_scene, prepared_dir,
+                                        read_index, scene_files)
 from lang3d.data.boxes_transforms import RandomFlipBoxes, RandomRotateBoxesZ, RandomScaleBoxes
 
 

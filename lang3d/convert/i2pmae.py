@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lang3d.training.checkpoint import NUMPY_SCALAR_GLOBALS
 from lang3d.convert import CheckpointKind, Conversion, Published, register, rename
 from lang3d.convert.point_encoders import i2pmae_rules
+from lang3d.training.checkpoint import NUMPY_SCALAR_GLOBALS
 
 KEPT_PREFIXES = ("h_encoder.token_embed.", "h_encoder.encoder_pos_embeds.", "h_encoder.encoder_blocks.")
 

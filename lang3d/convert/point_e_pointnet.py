@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lang3d.training.checkpoint import NUMPY_SCALAR_GLOBALS
 from lang3d.convert import CheckpointKind, Conversion, Published, register
+from lang3d.training.checkpoint import NUMPY_SCALAR_GLOBALS
 
 KIND = "point-e-pointnet"
 MARKER = "sa1.mlp_convs.0.weight"

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lang3d.training.checkpoint import NUMPY_SCALAR_GLOBALS
 from lang3d.convert import CheckpointKind, Conversion, Published, register, rename
 from lang3d.convert.i2pmae import model_state
 from lang3d.convert.point_encoders import pointbert_rules
+from lang3d.training.checkpoint import NUMPY_SCALAR_GLOBALS
 
 PRETRAINING_ONLY = ("transformer_q.cls_head.", "transformer_q.lm_head.", "transformer_q.mask_token")
 

@@ -30,10 +30,10 @@ from typing import Any
 
 from torch import nn
 
-from lang3d.training.checkpoint import NUMPY_SCALAR_GLOBALS, LoadReport, load_tensors, safe_load
 from lang3d.convert import (CONVERSION_KEY, PUBLISHED, CheckpointKind, Conversion, ConversionError, Published,
                             read_checkpoint, register, rename, resolve)
 from lang3d.convert.me_kernel_order import convert_hybrid_kernel
+from lang3d.training.checkpoint import NUMPY_SCALAR_GLOBALS, LoadReport, load_tensors, safe_load
 
 KIND_ME04, KIND_ME05 = "pointcontrast", "pointcontrast-me05"
 HYBRID_KERNEL = re.compile(r".*\.blocks\.\d+\.conv[12]\.kernel")   # project names of the ME 0.4 HYBRID kernels

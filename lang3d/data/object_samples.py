@@ -13,8 +13,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from lang3d.training.atomic import atomic_write
 from lang3d.data.point_ops import farthest_point_sample_np
+from lang3d.training.atomic import atomic_write
 
 
 class PointCountError(ValueError):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from PIL import Image, ImageDraw
 
 from lang3d.geometry.boxes import box_corners
 

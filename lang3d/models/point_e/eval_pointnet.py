@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lang3d.training.checkpoint import CheckpointMismatchError, load_tensors
 from lang3d.convert import read_checkpoint
 from lang3d.convert.point_e_pointnet import KIND as POINTNET_KIND
 from lang3d.data.point_ops import farthest_point_sample, index_points
+from lang3d.training.checkpoint import CheckpointMismatchError, load_tensors
 
 # Point-e's feature extractor runs the network on batches of this many clouds per device; the FPS start index of
 # a cloud is its position in that batch.

@@ -19,8 +19,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from lang3d.training.checkpoint import CheckpointMismatchError, check_state_dict
 from lang3d.models.point_e.transformer import PointDiffusionTransformer
+from lang3d.training.checkpoint import CheckpointMismatchError, check_state_dict
 
 # Official data scaling (xyz * 2, RGB * (1/127.5) - 1), stored as buffers of the upsampler; values verbatim.
 POINT_E_CHANNEL_SCALES = (2.0, 2.0, 2.0, 0.007843137255, 0.007843137255, 0.007843137255)

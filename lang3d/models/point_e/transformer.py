@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 # Most hidden activations per MLP block in the inference path (1536 tokens of base40M's 2048: 12.6 MB in fp32).
 MLP_BLOCK_FLOATS = 1536 * 2048
 
