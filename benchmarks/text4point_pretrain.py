@@ -48,7 +48,8 @@ def main() -> None:
         pairs = sum(len(s["pairs"]) for s in kept)
         voxels = sum(len(s["coord"]) for s in kept) / max(len(kept), 1)
         print(f"data: {len(samples)} frames (depth {args.depth_size[0]}x{args.depth_size[1]}, colour "
-              f"{args.color_size[0]}x{args.color_size[1]}), {voxels:.0f} voxels/frame, {pairs / len(kept):.0f} pairs/frame")
+              f"{args.color_size[0]}x{args.color_size[1]}), {voxels:.0f} voxels/frame, "
+              f"{pairs / len(kept):.0f} pairs/frame")
         print(f"data: {len(samples) / data_s:.2f} frames/s, {pairs / data_s:.0f} pairs/s (one process)")
         record("text4point_pretrain", "2D-3D pair pipeline (one process)", pairs / data_s, "pairs/s")
 

@@ -18,8 +18,8 @@ Command line (a Point-Bind checkpoint written by ``lightning fit``, official Poi
         --text "a red chair" --image chair.png --points airplane.ply --output-dir runs/any_to_3d \\
         --tensorboard runs/any_to_3d/tensorboard
 
-Writes ``<output-dir>/NNNN_<source>.ply|.npz`` per input (``lang3d.models.point_e.cloud_files.write_cloud`` layout) and, with
-``--tensorboard``, each cloud as a TensorBoard mesh (``add_mesh``).
+Writes ``<output-dir>/NNNN_<source>.ply|.npz`` per input (``lang3d.models.point_e.cloud_files.write_cloud`` layout) and,
+with ``--tensorboard``, each cloud as a TensorBoard mesh (``add_mesh``).
 """
 from __future__ import annotations
 
@@ -147,7 +147,8 @@ class AnyTo3D(nn.Module):
 def write_clouds(clouds: torch.Tensor | np.ndarray, out_dir: str | Path, names: Sequence[str],
                  sources: Sequence[str], formats: Sequence[str] = ("ply", "npz")) -> list[list[Path]]:
     """Write clouds [B,6,P] (xyz data units, RGB 0..255) as ``<out_dir>/<name>.ply|.npz`` with
-    ``lang3d.models.point_e.cloud_files.write_cloud`` (``sources[i]`` stored as the npz ``prompt``). Returns the files per cloud."""
+    ``lang3d.models.point_e.cloud_files.write_cloud`` (``sources[i]`` stored as the npz ``prompt``). Returns the files
+    per cloud."""
     clouds = clouds.detach().cpu().numpy() if torch.is_tensor(clouds) else np.asarray(clouds)
     if clouds.ndim != 3 or clouds.shape[1] != 6 or not len(clouds) == len(names) == len(sources):
         raise ValueError(f"need clouds [B,6,P] with one name and source each, got {clouds.shape}, {len(names)} "

@@ -190,7 +190,8 @@ class PointBindAlignment(EmptyStepsMixin, L.LightningModule):
                 parts.append(self.embed_images(gallery["images"].to(self.device)))
             self._gallery = torch.cat(parts)
         query = batch["query"]
-        other = self.embed_texts([query["text"]]) if "text" in query else self.embed_images(batch["image"].to(self.device))
+        other = (self.embed_texts([query["text"]]) if "text" in query
+                 else self.embed_images(batch["image"].to(self.device)))
         scores, index = composed_retrieval(self(batch["points"].to(self.device)), other, self._gallery, batch["k"],
                                            batch["weights"])
         items = gallery["items"]

@@ -128,7 +128,8 @@ def cache_dir(cuda: bool) -> Path:
     else:
         flavour = "cpu"
     torch_version = torch.__version__.split("+")[0]
-    return cache_root() / "wheels" / f"MinkowskiEngine-{ME_VERSION}-py{sys.version_info.major}{sys.version_info.minor}-torch{torch_version}-{flavour}"
+    return cache_root() / "wheels" / (f"MinkowskiEngine-{ME_VERSION}-py{sys.version_info.major}{sys.version_info.minor}"
+                                      f"-torch{torch_version}-{flavour}")
 
 
 def pypi_cuda_home() -> Path:

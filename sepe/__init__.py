@@ -5,5 +5,6 @@ from sepe.geometric_losses import (COLOR_SCALE, chamfer_distance, color_loss, la
 from sepe.module import SEPEFineTuning
 from sepe.predict_data import SEPEPromptsDataModule
 
-__all__ = ["COLOR_SCALE", "ConcatFusion", "CrossAttentionFusion", "SEPEFineTuning", "SEPEPromptsDataModule", "GridFusion", "chamfer_distance", "color_loss", "drop_conditions",
+__all__ = ["COLOR_SCALE", "ConcatFusion", "CrossAttentionFusion", "SEPEFineTuning", "SEPEPromptsDataModule",
+           "GridFusion", "chamfer_distance", "color_loss", "drop_conditions",
            "forward_with_condition", "laplacian_smoothness", "mean_neighbour_distance", "uniformity"]

@@ -9,10 +9,11 @@
             low_res [B,6,M] data units              (upsampler only)) -> [B,12,N]
 
 The fused tokens [B,T,width] take the place of ``clip_embed(grid)`` in the model's own token layout
-(``[time, T condition tokens, points]``, upsampler ``[time, T, low-res, points]``; ``sepe.fusion.forward_with_condition``),
-so the model's pretrained weights keep their meaning; each fusion starts as the model's own ``clip_embed`` (see
-``sepe.fusion``), so at initialisation the wrapper equals the wrapped Point-E model. A fused upsampler (SEPE's
-``upsampler_conditioning: fused``) gets its own wrapper and fusion, warm-started from the upsampler's ``clip_embed``.
+(``[time, T condition tokens, points]``, upsampler ``[time, T, low-res, points]``;
+``sepe.fusion.forward_with_condition``), so the model's pretrained weights keep their meaning; each fusion starts as the
+model's own ``clip_embed`` (see ``sepe.fusion``), so at initialisation the wrapper equals the wrapped Point-E model. A
+fused upsampler (SEPE's ``upsampler_conditioning: fused``) gets its own wrapper and fusion, warm-started from the
+upsampler's ``clip_embed``.
 """
 from __future__ import annotations
 

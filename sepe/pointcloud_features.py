@@ -1,5 +1,5 @@
-"""The P-FID / P-IS feature network: point-e's PointNet++ SSG classifier (``lang3d.models.point_e.eval_pointnet``), either
-point-e's released ``pointnet.pt`` or one trained here on ModelNet40.
+"""The P-FID / P-IS feature network: point-e's PointNet++ SSG classifier (``lang3d.models.point_e.eval_pointnet``),
+either point-e's released ``pointnet.pt`` or one trained here on ModelNet40.
 
 Training follows the PointNet++ PyTorch code point-e's network comes from (yanx27/Pointnet_Pointnet2_pytorch,
 ``train_classification.py``): clouds centred and scaled into the unit sphere, then random scaling (0.8-1.25) and
@@ -35,7 +35,8 @@ class PointNet2Classification(L.LightningModule):
         self.net = PointNet2SSG(num_classes, width)
 
     def setup(self, stage: str) -> None:
-        """Under DDP (CPU or GPU) the BatchNorm layers are synchronised across processes (``lang3d.training.sync_batchnorm``)."""
+        """Under DDP (CPU or GPU) the BatchNorm layers are synchronised across processes
+        (``lang3d.training.sync_batchnorm``)."""
         self.net = sync_batchnorm_under_ddp(self.net, self.trainer)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

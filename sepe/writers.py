@@ -15,8 +15,8 @@ FORMATS = ("ply", "npz")
 
 class GeneratedCloudWriter(BasePredictionWriter):
     """After each predict batch, the clouds ``SEPEFineTuning.predict_step`` returns as ``<output_dir>/<name>.ply``
-    and / or ``.npz`` (``formats``; layout of ``lang3d.models.point_e.cloud_files.write_cloud``), each file atomically; under DDP each
-    process writes the prompts it generated."""
+    and / or ``.npz`` (``formats``; layout of ``lang3d.models.point_e.cloud_files.write_cloud``), each file atomically;
+    under DDP each process writes the prompts it generated."""
 
     def __init__(self, output_dir: str = "runs/sepe/samples", formats: Sequence[str] = FORMATS):
         super().__init__(write_interval="batch")

@@ -24,7 +24,8 @@ def randomise(model: torch.nn.Module, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.copy_(0.3 * torch.randn(p.shape, generator=g) + (1.0 if ".ln" in f".{name}" and "weight" in name else 0.0))
+            p.copy_(0.3 * torch.randn(p.shape, generator=g)
+                    + (1.0 if ".ln" in f".{name}" and "weight" in name else 0.0))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,8 @@ def test_condition_changes_the_cloud_and_the_seed_fixes_it(any3d):
 
 def test_vector_given_to_embed_vector_is_unit_norm_times_sqrt_width(any3d):
     seen = []
-    handle = any3d.bases["text"].clip_embed.register_forward_hook(lambda module, inputs, out: seen.append(inputs[0].clone()))
+    handle = any3d.bases["text"].clip_embed.register_forward_hook(lambda module, inputs, out:
+                                                                  seen.append(inputs[0].clone()))
     try:
         embeddings = 5 * torch.randn(2, WIDTH, generator=seeded(2))
         any3d.generate(embeddings, "text", generator=seeded(), steps=1)

@@ -1,4 +1,5 @@
-"""lang3d.training.atomic / lang3d.visual.ply: a write that fails leaves the previous file as it was and no temporary file."""
+"""lang3d.training.atomic / lang3d.visual.ply: a write that fails leaves the previous file as it was and no temporary
+file."""
 import numpy as np
 import pytest
 from plyfile import PlyData

@@ -99,7 +99,8 @@ def test_missing_roots_are_found_in_nested_data_configs(tmp_path):
                 zeroshot=node("datamodules.modelnet40.ModelNet40DataModule", root=str(tmp_path)))
     assert missing_data_roots(data) == [f"data.alignment.root: {tmp_path / 'no_cap3d'} (Cap3DDataModule)"]
     as_settings = node("pointbind.PointBindDataModule",   # Point-Bind's parts are plain {class_path, init_args}
-                       alignment={"class_path": "datamodules.cap3d.Cap3DDataModule", "init_args": {"root": str(tmp_path)}},
+                       alignment={"class_path": "datamodules.cap3d.Cap3DDataModule",
+                                  "init_args": {"root": str(tmp_path)}},
                        zeroshot={"class_path": "datamodules.modelnet40.ModelNet40DataModule",
                                  "init_args": {"root": str(tmp_path / "no_mn40")}})
     assert missing_data_roots(as_settings) == [f"data.zeroshot.root: {tmp_path / 'no_mn40'} (ModelNet40DataModule)"]

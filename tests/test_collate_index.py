@@ -9,9 +9,11 @@ from lang3d.geometry.sparse_index import coarsen, lookup_rows
 
 def sample(n_vox, n_pairs, seed):
     rng = np.random.default_rng(seed)
-    return {"coord": rng.integers(-5, 5, (n_vox, 3)).astype(np.int32), "color": rng.random((n_vox, 3)).astype(np.float32),
+    return {"coord": rng.integers(-5, 5, (n_vox, 3)).astype(np.int32),
+            "color": rng.random((n_vox, 3)).astype(np.float32),
             "image": np.zeros((4, 6, 3), np.uint8), "depth": np.zeros((4, 6), np.float32),
-            "pairs": np.stack([rng.integers(0, n_vox, n_pairs), rng.integers(0, 4, n_pairs), rng.integers(0, 6, n_pairs)], 1),
+            "pairs": np.stack([rng.integers(0, n_vox, n_pairs), rng.integers(0, 4, n_pairs),
+                               rng.integers(0, 6, n_pairs)], 1),
             "name": f"s{seed}"}
 
 

@@ -1,4 +1,5 @@
-"""Tests for lang3d.models.point_e: Point-E transformers (official layout / checkpoints) and CLIP ViT conditioning. CPU."""
+"""Tests for lang3d.models.point_e: Point-E transformers (official layout / checkpoints) and CLIP ViT conditioning.
+CPU."""
 import math
 
 import numpy as np

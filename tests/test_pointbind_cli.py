@@ -9,7 +9,8 @@ from lang3d.training.cli import main as cli_main
 
 def test_demo_fit_then_zero_shot_test_through_the_cli(tmp_path):
     generate_cap3d(tmp_path / "cap3d", num_objects=12, views=2, image_size=48, points=1024)
-    generate_modelnet40(tmp_path / "modelnet40", train_per_class=1, test_per_class=1, points=512, formats=("resampled",))
+    generate_modelnet40(tmp_path / "modelnet40", train_per_class=1, test_per_class=1, points=512,
+                        formats=("resampled",))
     run = tmp_path / "run"
     cli_main(["fit", "-c", "configs/pointbind.yaml", "-c", "configs/pointbind_demo.yaml",
               "--data.init_args.alignment.init_args.root", str(tmp_path / "cap3d"),

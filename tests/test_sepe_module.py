@@ -133,7 +133,8 @@ def test_predict_writes_ply_and_npz(tmp_path, cap3d_root):
     ply = PlyData.read(str(tmp_path / "out" / "0000_a_red_chair.ply"))["vertex"]
     assert len(ply) == 80 and ply["red"].dtype == np.uint8
     npz = np.load(tmp_path / "out" / "0001_a_small_blue_table.npz")
-    assert npz["coords"].shape == (80, 3) and npz["colors"].shape == (80, 3) and str(npz["prompt"]) == "a small blue table"
+    assert (npz["coords"].shape == (80, 3) and npz["colors"].shape == (80, 3)
+            and str(npz["prompt"]) == "a small blue table")
     np.testing.assert_allclose(npz["coords"], out[0]["clouds"][1, :3].T.numpy(), atol=1e-6)
 
 

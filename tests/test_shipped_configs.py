@@ -301,8 +301,9 @@ def test_pointbind_zeroshot_config_at_shipped_sizes(objects, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)   # CLIP embeddings cached under runs/
     config = REPO / "configs" / "pointbind_zeroshot.yaml"
     assert shipped(config, "data.init_args.batch_size") == 64
-    seen, tags = run_cli("test", [config], tmp_path, *TINY_VIT, "--data.root", str(objects / "modelnet40"), "--data.num_workers", "0",
-                         "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false")
+    seen, tags = run_cli("test", [config], tmp_path, *TINY_VIT, "--data.root", str(objects / "modelnet40"),
+                         "--data.num_workers", "0", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar",
+                         "false")
     assert seen["test"] == [{"samples": 13, "points": 8192}], seen
     assert "test/zeroshot_top1" in tags
 

@@ -1,5 +1,5 @@
-"""lang3d.training.sync_batchnorm: two gloo ranks with unequal slices of a batch against ONE plain torch BatchNorm over the
-whole batch (outputs, input gradients, DDP-averaged parameter gradients, running statistics), the sparse layer in
+"""lang3d.training.sync_batchnorm: two gloo ranks with unequal slices of a batch against ONE plain torch BatchNorm over
+the whole batch (outputs, input gradients, DDP-averaged parameter gradients, running statistics), the sparse layer in
 a Res16UNet BasicBlock against the plain block on all scenes at once, conversion, and the single-process
 fallbacks. float64 throughout, so the tolerances are tight."""
 

@@ -100,8 +100,8 @@ def test_finetuning_learns_far_above_chance_and_test_writes_predictions(tiny_s3d
     model = Text4PointSegmentation(CLASSES, network=partial(TINY_NETWORK, bn_momentum=0.3), lr=0.1,
                                    aux_loss_weight=0.5)
     logger = L.pytorch.loggers.TensorBoardLogger(tmp_path, name="tb")
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=40, check_val_every_n_epoch=40, logger=logger, log_every_n_steps=5,
-                        callbacks=[SegmentationPredictionWriter()], enable_progress_bar=False,
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=40, check_val_every_n_epoch=40, logger=logger,
+                        log_every_n_steps=5, callbacks=[SegmentationPredictionWriter()], enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0,
                         default_root_dir=tmp_path)
     trainer.fit(model, dm)

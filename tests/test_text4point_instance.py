@@ -235,8 +235,8 @@ def test_voxel_size_and_classes_come_from_the_data(rooms):
 def test_configs_fit_then_test_as_make_runs_them(rooms, tmp_path, monkeypatch):
     """fit from a (tiny, untrained) pre-training checkpoint, then test the last checkpoint, as the make target."""
     pretrain = tmp_path / "pretrain.ckpt"
-    pretrained = Text4PointPretraining(class_names=list(CLASS_LABELS), clip_model="lang3d-tiny-RN", clip_pretrained=None,
-                                       feature_dim=16, decoder_width=16)
+    pretrained = Text4PointPretraining(class_names=list(CLASS_LABELS), clip_model="lang3d-tiny-RN",
+                                       clip_pretrained=None, feature_dim=16, decoder_width=16)
     torch.save({"state_dict": pretrained.state_dict()}, pretrain)
     monkeypatch.chdir(tmp_path)  # the demo overlay writes under runs/ of the working directory
     configs = ["-c", str(CONFIGS / "instance_s3dis.yaml"), "-c", str(CONFIGS / "demo_synthetic_s3dis_ins.yaml"),

@@ -182,7 +182,8 @@ def test_pair_cache_is_filled_once_and_read_back(tiny_scannet, tmp_path):
 
 def test_cli_print_config_and_missing_root(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["fit", "-c", "configs/text4point/pretrain_scannet.yaml", "--data.root", str(tmp_path), "--print_config"])
+        cli_main(["fit", "-c", "configs/text4point/pretrain_scannet.yaml", "--data.root", str(tmp_path),
+                  "--print_config"])
     assert exit_info.value.code == 0
     assert "Text4PointPretraining" in capsys.readouterr().out
     dm = ScanNetPairsDataModule(str(tmp_path / "nowhere"))

@@ -111,7 +111,8 @@ def test_segmentation_test_step_returns_its_predictions_and_writes_nothing_itsel
     generate_s3dis(root, areas=(1, 5), rooms_per_area=2, points_per_room=2000, seed=0)
     dm = S3DISDataModule(str(root), areas=(1, 5), test_area=5, batch_size=2, val_batch_size=2, num_workers=0)
     model = Text4PointSegmentation(list(S3DISDataModule.class_names),
-                                   network=partial(LanguageGuidedNet, clip_model="lang3d-tiny-RN", clip_pretrained=None))
+                                   network=partial(LanguageGuidedNet, clip_model="lang3d-tiny-RN",
+                                                   clip_pretrained=None))
     returned = []
 
     class Keep(L.Callback):

@@ -1,8 +1,8 @@
 """VoteNet's box parametrisation (Qi et al. 2019): heading as one of ``num_heading_bin`` angle bins plus a residual,
 size as one of K mean-size clusters (one per class) plus a residual normalised by the cluster's size.
 
-Boxes follow ``lang3d.geometry.boxes``: [N,7] (cx, cy, cz, dx, dy, dz, heading), full sizes in metres, heading in radians
-counter-clockwise about +z.
+Boxes follow ``lang3d.geometry.boxes``: [N,7] (cx, cy, cz, dx, dy, dz, heading), full sizes in metres, heading in
+radians counter-clockwise about +z.
 
 Heading: bin b covers the angles within half a bin width w = 2π/NH of b·w; the residual r = angle - b·w lies in
 [-w/2, w/2) and is stored normalised by w/2 (VoteNet's ``heading_residuals_normalized``: in [-1, 1)). Decoding

@@ -78,8 +78,10 @@ class Text4PointSegmentation(Text4PointTask):
         room, every = self._shown_room, self.hparams.log_point_cloud_every_n_epochs
         if room is not None and every and self.current_epoch % every == 0 and not self.trainer.sanity_checking:
             k = len(self.class_names)
-            log_point_cloud(self.logger, "val_room/prediction", room["xyz"], label_colors(room["pred"], k), self.global_step)
-            log_point_cloud(self.logger, "val_room/ground_truth", room["xyz"], label_colors(room["gt"], k), self.global_step)
+            log_point_cloud(self.logger, "val_room/prediction", room["xyz"], label_colors(room["pred"], k),
+                            self.global_step)
+            log_point_cloud(self.logger, "val_room/ground_truth", room["xyz"], label_colors(room["gt"], k),
+                            self.global_step)
         self._shown_room = None
 
     def test_step(self, batch: dict, batch_idx: int) -> list[RoomLabels]:
@@ -103,5 +105,6 @@ class Text4PointSegmentation(Text4PointTask):
         self.log_dict({f"{stage}_iou/{name}": scores["iou"][i].float() for i, name in enumerate(self.class_names)
                        if not torch.isnan(scores["iou"][i])})
         confusion = metrics.compute().cpu().numpy()
-        log_image(self.logger, f"{stage}/confusion_matrix", confusion_image(confusion, self.class_names), self.global_step)
+        log_image(self.logger, f"{stage}/confusion_matrix", confusion_image(confusion, self.class_names),
+                  self.global_step)
         metrics.reset()

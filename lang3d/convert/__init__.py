@@ -2,8 +2,8 @@
 load time.
 
 A *kind* (``CheckpointKind``) knows one published layout: how to recognise a file of it, which non-tensor types
-the file may pickle (``lang3d.training.checkpoint.safe_load`` allows exactly those), and how to rename its tensors to the
-project's names, listing what it drops and which project tensors the file does not provide. Kinds register
+the file may pickle (``lang3d.training.checkpoint.safe_load`` allows exactly those), and how to rename its tensors to
+the project's names, listing what it drops and which project tensors the file does not provide. Kinds register
 themselves in ``KINDS`` (one module per kind, imported at the end of this file).
 
     lang3d convert pointbind pointbind_i2pmae.pt pointbind_i2pmae.ckpt      # the command line

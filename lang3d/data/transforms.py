@@ -102,12 +102,12 @@ class ChromaticJitter:
 class GridSample:
     """Voxelise into cubes of edge ``voxel_size`` metres (voxel of point p = floor(p / voxel_size)).
 
-    Output: ``coord`` [V,3] int32 voxel indices (unique, lexicographically sorted, as ``lang3d.geometry.camera.voxelize``),
-    ``color`` [V,3] float32 in [0,1], ``segment`` [V] int64 and ``inverse`` [P,1] int64 (voxel of each input
-    point). ``mode="train"``: one point drawn uniformly per voxel (Pointcept), giving the voxel its colour and
-    label. ``mode="test"``: colour = mean over the voxel's points, label = the most frequent label among them
-    (ties to the smallest label). ``keep_points``: also keep the input points as ``point_coord`` [P,3] float32,
-    ``point_segment`` [P] int64 and ``point_color`` [P,3] (input dtype). An ``instance`` [P] int array (ids,
+    Output: ``coord`` [V,3] int32 voxel indices (unique, lexicographically sorted, as
+    ``lang3d.geometry.camera.voxelize``), ``color`` [V,3] float32 in [0,1], ``segment`` [V] int64 and ``inverse`` [P,1]
+    int64 (voxel of each input point). ``mode="train"``: one point drawn uniformly per voxel (Pointcept), giving the
+    voxel its colour and label. ``mode="test"``: colour = mean over the voxel's points, label = the most frequent label
+    among them (ties to the smallest label). ``keep_points``: also keep the input points as ``point_coord`` [P,3]
+    float32, ``point_segment`` [P] int64 and ``point_color`` [P,3] (input dtype). An ``instance`` [P] int array (ids,
     -1 = none), when present, is carried like ``segment``: ``instance`` [V] int64 is the drawn point's id (train)
     or the most frequent id in the voxel (test, ties to the smallest), and ``keep_points`` adds
     ``point_instance`` [P] int64. Other keys pass through.

@@ -28,8 +28,9 @@ def retrieval_scores(query: torch.Tensor, gallery: torch.Tensor, query_labels: t
     gallery order), and torchmetrics is given the ranking as scores G, G-1, ..., 1: on raw cosines it would break
     ties by an unstable sort (scores would change with the order DDP gathers the gallery in) and count items scored
     <= 0 (negative cosines) as never retrieved. It reads only what changes its result, each query's first max(ks)
-    items for R@k and its ranking up to the last relevant item for AP. ``exclude_self`` (query set = gallery set, e.g. 3D->3D) removes each query from its own gallery. Queries with no
-    relevant item are left out of every score (counted out of ``queries``).
+    items for R@k and its ranking up to the last relevant item for AP. ``exclude_self`` (query set = gallery set, e.g.
+    3D->3D) removes each query from its own gallery. Queries with no relevant item are left out of every score (counted
+    out of ``queries``).
     """
     if exclude_self and len(query) != len(gallery):
         raise ValueError("exclude_self needs the queries to be the gallery itself")

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 
-def pixel_voxel_contrastive_loss(pixel_feats: torch.Tensor, voxel_feats: torch.Tensor, temperature: float) -> torch.Tensor:
+def pixel_voxel_contrastive_loss(pixel_feats: torch.Tensor, voxel_feats: torch.Tensor,
+                                 temperature: float) -> torch.Tensor:
     """Symmetric pixel-voxel InfoNCE of Text4Point Eq. (14), over a set S of matched pairs.
 
     pixel_feats, voxel_feats: [M, C]; row k of each is the k-th pair (i_k, j_k) of S. With
@@ -15,7 +16,8 @@ def pixel_voxel_contrastive_loss(pixel_feats: torch.Tensor, voxel_feats: torch.T
     empty S (M = 0: no pair in the area a feature map covers) gives 0, still connected to both inputs' graphs.
     """
     if pixel_feats.shape != voxel_feats.shape or pixel_feats.dim() != 2:
-        raise ValueError(f"expected two [M, C] tensors of equal shape, got {tuple(pixel_feats.shape)} and {tuple(voxel_feats.shape)}")
+        raise ValueError(f"expected two [M, C] tensors of equal shape, got {tuple(pixel_feats.shape)} and "
+                         f"{tuple(voxel_feats.shape)}")
     if len(pixel_feats) == 0:
         return (pixel_feats.sum() + voxel_feats.sum()) * 0.0
     logits = F.normalize(pixel_feats, dim=1) @ F.normalize(voxel_feats, dim=1).T / temperature

@@ -170,7 +170,8 @@ def load_pretrained_weights(module: nn.Module, path: str | Path, prefix: str = "
     read with ``safe_load`` (no arbitrary unpickling)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained checkpoint {path} does not exist (set model.pretrained, or CKPT=... for make)")
+        raise FileNotFoundError(f"pretrained checkpoint {path} does not exist "
+                                f"(set model.pretrained, or CKPT=... for make)")
     raw = safe_load(path)
     state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
     if not isinstance(state, dict):

@@ -163,7 +163,8 @@ class Lang3DCLI(LightningCLI):
         self.model.remove_ignored_hparams([link.target for link in DATA_LINKS if link.target not in parameters])
 
     def before_fit(self) -> None:
-        """``--ckpt_path last`` resumes from the run's newest checkpoint (``lang3d.training.resume.newest_checkpoint``)."""
+        """``--ckpt_path last`` resumes from the run's newest checkpoint
+        (``lang3d.training.resume.newest_checkpoint``)."""
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") == "last":
             config["ckpt_path"] = str(newest_checkpoint(self.trainer) or "last")

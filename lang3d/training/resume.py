@@ -137,8 +137,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer for local files, made whole-or-nothing: ``torch.save`` streams into an unnamed
     file in the target's folder (Linux ``O_TMPFILE``), which gets a hidden name only once complete and synced and
     is then moved over the target in one rename. Where unnamed files are not supported, a hidden temporary file
-    beside the target (``lang3d.training.atomic``) takes its place. Other file systems (s3://, ...) go through Lightning's
-    writer."""
+    beside the target (``lang3d.training.atomic``) takes its place. Other file systems (s3://, ...) go through
+    Lightning's writer."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):

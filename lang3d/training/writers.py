@@ -14,8 +14,8 @@ from lang3d.training.outputs import run_output_dir
 
 
 class BaseTestWriter(L.Callback, ABC):
-    """Writes what ``test_step`` returns under ``<log dir>/<folder>`` (``lang3d.training.outputs.run_output_dir``): the test
-    counterpart of Lightning's ``BasePredictionWriter``, which hooks predict only.
+    """Writes what ``test_step`` returns under ``<log dir>/<folder>`` (``lang3d.training.outputs.run_output_dir``): the
+    test counterpart of Lightning's ``BasePredictionWriter``, which hooks predict only.
 
     The folder is resolved once per test epoch on every process (``trainer.log_dir`` is a collective under DDP);
     after each test batch ``write(outputs, pl_module)`` receives that batch's ``test_step`` return value.

@@ -83,8 +83,8 @@ def log_image(logger, tag: str, image: np.ndarray, step: int) -> None:
 def bev_boxes_image(points: np.ndarray, box_sets: list[tuple[np.ndarray, tuple[int, int, int]]],
                     size: int = 512, margin: int = 12) -> np.ndarray:
     """Bird's-eye view (x right, y up, centred) of points [N,3] metres, coloured by height (2×2 pixels each),
-    with box outlines on top: ``box_sets`` = [(boxes [M,7] in the ``lang3d.geometry.boxes`` convention, RGB colour), ...],
-    drawn in order; a line from each box centre to the middle of its +dx face shows the heading.
+    with box outlines on top: ``box_sets`` = [(boxes [M,7] in the ``lang3d.geometry.boxes`` convention, RGB colour),
+    ...], drawn in order; a line from each box centre to the middle of its +dx face shows the heading.
     Returns uint8 [size, size, 3]."""
     points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     footprints = [box_corners(torch.as_tensor(np.asarray(b, np.float64).reshape(-1, 7)))[:, :4, :2].numpy()

@@ -10,8 +10,8 @@ from lang3d.training.checkpoint import FrozenPretrained
 
 
 class EvalNetworkMetric(Metric):
-    """Shared by P-FID and P-IS: runs point-e's evaluation network (``lang3d.models.point_e.eval_pointnet``) on clouds as
-    point-e's feature extractor does, counting the clouds of each stream (the FPS start index of a cloud is its
+    """Shared by P-FID and P-IS: runs point-e's evaluation network (``lang3d.models.point_e.eval_pointnet``) on clouds
+    as point-e's feature extractor does, counting the clouds of each stream (the FPS start index of a cloud is its
     position in its batch of ``device_batch_size``). All clouds are brought to ``num_points`` points (a seeded random
     subset of each; a cloud with fewer points is an error), or, with ``num_points`` None, must all have the same
     count: the network's grouping depends on the point density, so both sets must be sampled alike. The network is

@@ -9,8 +9,8 @@ from lang3d.models.point_e.models import (MODEL_CONFIGS, POINT_E_CHANNEL_BIASES,
 from lang3d.models.point_e.sampler import PointCloudSampler, StageConfig
 from lang3d.models.point_e.transformer import PointDiffusionTransformer, qkv_attention, timestep_embedding
 
-__all__ = ["CLIPConditioner", "GaussianDiffusion", "PointCloudSampler", "StageConfig", "scale_channels", "unscale_channels",
-           "MODEL_CONFIGS", "POINT_E_CHANNEL_BIASES", "POINT_E_CHANNEL_SCALES",
+__all__ = ["CLIPConditioner", "GaussianDiffusion", "PointCloudSampler", "StageConfig", "scale_channels",
+           "unscale_channels", "MODEL_CONFIGS", "POINT_E_CHANNEL_BIASES", "POINT_E_CHANNEL_SCALES",
            "CLIPGridPointDiffusionTransformer", "CLIPGridUpsamplePointDiffusionTransformer",
            "CLIPVectorPointDiffusionTransformer", "PointDiffusionTransformer", "build_model",
            "drop_condition", "load_official_checkpoint", "qkv_attention", "timestep_embedding"]

@@ -87,7 +87,8 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, lo
     one shape; returns that shape, nats.
     """
     if not x.shape == means.shape == log_scales.shape:
-        raise ValueError(f"shapes differ: x {tuple(x.shape)}, means {tuple(means.shape)}, log_scales {tuple(log_scales.shape)}")
+        raise ValueError(f"shapes differ: x {tuple(x.shape)}, means {tuple(means.shape)}, "
+                         f"log_scales {tuple(log_scales.shape)}")
     centered = x - means
     inv_std = torch.exp(-log_scales)
     cdf_plus = approx_standard_normal_cdf(inv_std * (centered + 1.0 / 255.0))
@@ -129,7 +130,8 @@ class GaussianDiffusion:
         self.log_betas = np.log(betas)
 
     @classmethod
-    def from_schedule(cls, name: str, num_steps: int = NUM_TIMESTEPS, discretized_t0: bool = False) -> GaussianDiffusion:
+    def from_schedule(cls, name: str, num_steps: int = NUM_TIMESTEPS,
+                      discretized_t0: bool = False) -> GaussianDiffusion:
         """"cosine" (base models) or "linear" (upsampler), T = num_steps."""
         if name not in SCHEDULES:
             raise ValueError(f"unknown beta schedule {name!r}; expected one of {sorted(SCHEDULES)}")
@@ -153,7 +155,8 @@ class GaussianDiffusion:
         """Uniform training timesteps: int64 [batch_size] in [0, T)."""
         return torch.randint(0, self.num_timesteps, (batch_size,), device=device, generator=generator)
 
-    def q_mean_variance(self, x_start: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def q_mean_variance(self, x_start: torch.Tensor,
+                        t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q(x_t | x_0) = N(√ᾱ_t x_0, 1 − ᾱ_t): (mean like x_start, variance [B,1,..], log variance [B,1,..])."""
         mean = self._extract(self.sqrt_alphas_cumprod, t, x_start) * x_start
         return (mean, self._extract(1.0 - self.alphas_cumprod, t, x_start),

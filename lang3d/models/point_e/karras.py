@@ -146,7 +146,8 @@ def karras_sample_progressive(diffusion: GaussianDiffusion, model: Callable[...,
     x_T = torch.randn(*shape, generator=generator, device=device) * sigma_max
     model_kwargs = model_kwargs or {}
     if guidance_scale not in (0, 1):
-        inner = GaussianToKarrasDenoiser(model, diffusion, with_unconditional_half(model_kwargs, shape[0]), clip_denoised)
+        inner = GaussianToKarrasDenoiser(model, diffusion, with_unconditional_half(model_kwargs, shape[0]),
+                                         clip_denoised)
         denoiser: Denoiser = ClassifierFreeGuidance(inner, guidance_scale)
     else:
         denoiser = GaussianToKarrasDenoiser(model, diffusion, model_kwargs, clip_denoised)

@@ -1,4 +1,5 @@
-"""Golden fixture for ``lang3d.models.point_e.eval_pointnet``: runs the OFFICIAL point-e evaluation code on random weights.
+"""Golden fixture for ``lang3d.models.point_e.eval_pointnet``: runs the OFFICIAL point-e evaluation code on random
+weights.
 
 Official code: https://github.com/openai/point-e at commit fc8a607c08a3ea804cc82bf1ef8628f88a3a5d2f
 (``point_e/evals/pointnet2_cls_ssg.py``, ``pointnet2_utils.py``, ``feature_extractor.py``, ``fid_is.py``,

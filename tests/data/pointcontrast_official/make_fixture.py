@@ -89,7 +89,8 @@ def _scratch_models(pointcontrast: Path, scratch: Path) -> None:
              ("ME.RegionType.HYPERCROSS", "ME.RegionType.HYPER_CROSS"),
              ("ME.RegionType.HYBRID", "ME.RegionType.HYPER_CUBE"),
              ("has_bias=bias", "bias=bias"),
-             ("region_type=region_type,\n      axis_types=axis_types,", "region_type=region_type,\n      axis_types=None,\n      is_transpose=True,"),
+             ("region_type=region_type,\n      axis_types=axis_types,",
+              "region_type=region_type,\n      axis_types=None,\n      is_transpose=True,"),
              ("region_type=region_type, axis_types=axis_types,", "region_type=region_type, axis_types=None,"),
              ("{m.value: m for m in ME.RegionType}", "{}")]
     path = scratch / "models" / "modules" / "common.py"
@@ -161,7 +162,8 @@ def main() -> None:
         out = model(ME.SparseTensor(torch.from_numpy(feats), torch.from_numpy(coords)))
     np.savez(args.out / "official_outputs.npz", coords=coords, feats=feats, out_coords=out.C.numpy().astype(np.int32),
              out_feats=out.F.numpy())
-    print(f"{len(keys)} tensors; output {tuple(out.F.shape)}, |out| mean {out.F.abs().mean():.4f} max {out.F.abs().max():.4f}")
+    print(f"{len(keys)} tensors; output {tuple(out.F.shape)}, |out| mean {out.F.abs().mean():.4f} "
+          f"max {out.F.abs().max():.4f}")
 
 
 if __name__ == "__main__":
