@@ -16,6 +16,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import yaml
+from tiny_network import tiny_rn_network
 
 from datamodules.synthetic.cap3d import generate_cap3d
 from datamodules.synthetic.modelnet40 import generate_modelnet40
@@ -30,15 +31,7 @@ TEXT4POINT = REPO / "configs" / "text4point"
 TINY_RN = ["--model.clip_model", "lang3d-tiny-RN", "--model.clip_pretrained", "null", "--data.num_workers", "0"]
 
 
-def tiny_rn_network(**network_args) -> list[str]:
-    """The downstream tasks' CLIP is an argument of their language-guided network (model.network), given as a dict
-    (jsonargparse reads "null" given to a nested class's argument on the command line as the string "None");
-    ``network_args``: other arguments of the network (e.g. ``width``)."""
-    settings = {"clip_model": "lang3d-tiny-RN", "clip_pretrained": None, **network_args}
-    return ["--model.network", json.dumps({"init_args": settings}), "--data.num_workers", "0"]
-
-
-TINY_RN_NETWORK = tiny_rn_network()
+TINY_RN_NETWORK = [*tiny_rn_network(), "--data.num_workers", "0"]
 # The synthetic data sets hold exactly one training and one validation batch (one epoch = one step).
 ONE_STEP = ["--trainer.max_steps", "1", "--trainer.check_val_every_n_epoch", "1", "--trainer.num_sanity_val_steps", "0",
             "--trainer.log_every_n_steps", "1",
@@ -176,7 +169,7 @@ def test_s3dis_configs_at_shipped_batch_size(config, s3dis_rooms, tmp_path):
 # to a quarter of its channels (same layers, strides and voxels; pre-training at batch 32 then peaks at ~8 GB).
 NARROW = 0.25
 NARROW_SR_UNET = ["--model.width", str(NARROW)]   # pre-training's own network
-TINY_RN_NARROW_NETWORK = tiny_rn_network(width=NARROW)
+TINY_RN_NARROW_NETWORK = [*tiny_rn_network(width=NARROW), "--data.num_workers", "0"]
 
 
 def scannet_frames(root: Path, frames: int) -> Path:

@@ -2,7 +2,6 @@
 ScanNet-style axis-aligned boxes of its two training scenes (validation = those scenes: a fitting check, not a
 generalisation claim), SUN RGB-D-style
 oriented boxes run through the CLI with 12 heading bins, predictions written by `test`, TensorBoard."""
-import json
 from functools import partial
 from pathlib import Path
 
@@ -10,13 +9,14 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from tiny_network import tiny_rn_network
 
 from datamodules import ScanNetDetectionDataModule, SUNRGBDDataModule
 from datamodules.detection_common import collate_detection
 from datamodules.scannet.meta import CLASS_LABELS
 from datamodules.synthetic.scannet_detection import generate_scannet_detection
 from datamodules.synthetic.sunrgbd import generate_sunrgbd
-from lang3d.training.cli import Lang3DCLI, LinkedArgumentError
+from lang3d.training.cli import Lang3DCLI, LinkedArgumentError, build_cli
 from lang3d.training.cli import main as cli_main
 from lang3d.visual.tensorboard import bev_boxes_image
 from text4point import Text4PointDetection, Text4PointPretraining
@@ -26,7 +26,7 @@ from text4point.writers import DetectionPredictionWriter
 
 TINY = dict(clip_model="lang3d-tiny-RN", clip_pretrained=None)
 TINY_NETWORK = partial(LanguageGuidedNet, **TINY)
-TINY_CLI = ["--model.network", json.dumps({"init_args": TINY})]   # a dict: jsonargparse reads a nested "null" as "None"
+TINY_CLI = tiny_rn_network()
 POINTS, VOXEL = 1500, 0.2   # ~850 voxels per scene: a few hundred milliseconds per step on one CPU core
 
 
@@ -137,9 +137,8 @@ def test_scannet_configs_build_and_train_one_step(scannet_root, tmp_path):
 
 def built_by_the_cli(config: str, overlay: str, root: Path, *overrides: str) -> Lang3DCLI:
     """The model and datamodule the CLI builds from a config + demo overlay (tiny CLIP), without running."""
-    return Lang3DCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                     run=False, args=["-c", config, "-c", overlay, "--data.root", str(root), *TINY_CLI,
-                                      "--data.num_workers", "0", "--trainer.logger", "false", *overrides])
+    return build_cli(["-c", config, "-c", overlay, "--data.root", str(root), *TINY_CLI, "--data.num_workers", "0",
+                      "--trainer.logger", "false", *overrides], run=False)
 
 
 def test_classes_box_kind_and_mean_sizes_come_from_the_data(scannet_root, tmp_path):

@@ -1,7 +1,6 @@
 """Text4Point S3DIS fine-tuning end to end on tiny synthetic rooms: learning, checkpoint loading by name,
 full-resolution evaluation, predictions written by `test`, the ablation configs, TensorBoard."""
 import copy
-import json
 from functools import partial
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 import yaml
 from plyfile import PlyData
+from tiny_network import tiny_rn_network
 
 from datamodules import S3DISDataModule
 from datamodules.scannet.meta import CLASS_LABELS
@@ -27,9 +27,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "text4point"
 TINY = dict(clip_model="lang3d-tiny-RN", clip_pretrained=None, lr=0.05)
 TINY_NETWORK = partial(LanguageGuidedNet, clip_model="lang3d-tiny-RN", clip_pretrained=None)
 TINY_TASK = dict(network=TINY_NETWORK, lr=0.05)
-# the CLI override of the network's CLIP, as a dict: jsonargparse reads "null" given to a nested class's argument on the
-# command line (--model.network.clip_pretrained null) as the string "None"
-TINY_CLIP = ["--model.network", json.dumps({"init_args": {"clip_model": "lang3d-tiny-RN", "clip_pretrained": None}})]
+TINY_CLIP = tiny_rn_network()
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Text4Point instance segmentation (PointGroup head): offset losses and ScoreNet against naive loops, the soft score
 targets, instance ids through the S3DIS datamodule, fitting a synthetic room (scored on its copy), files written by
 `test`, TensorBoard, and the configs through the CLI as `make finetune-s3dis-ins` runs them."""
-import json
 import shutil
 from functools import partial
 from pathlib import Path
@@ -11,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tiny_network import tiny_rn_network
 
 from datamodules import S3DISDataModule
 from datamodules.s3dis.raw import ALIGNED_DIR
 from datamodules.s3dis.rooms import load_room, room_path
 from datamodules.scannet.meta import CLASS_LABELS
 from datamodules.synthetic.s3dis import generate_s3dis
-from lang3d.training.cli import Lang3DCLI, LinkedArgumentError
+from lang3d.training.cli import Lang3DCLI, LinkedArgumentError, build_cli
 from lang3d.training.cli import main as cli_main
 from text4point import Text4PointInstanceSegmentation, Text4PointPretraining
 from text4point.guided_net import LanguageGuidedNet
@@ -29,7 +29,7 @@ CLASSES = list(S3DISDataModule.class_names)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "text4point"
 TINY = dict(network=partial(LanguageGuidedNet, clip_model="lang3d-tiny-RN", clip_pretrained=None, bn_momentum=0.3),
             lr=0.1, aux_loss_weight=0.5, cluster_radius=0.3, cluster_min_voxels=5, test_score_threshold=0.0)
-TINY_CLI = ["--model.network", json.dumps({"init_args": {"clip_model": "lang3d-tiny-RN", "clip_pretrained": None}})]
+TINY_CLI = tiny_rn_network()
 
 
 @pytest.fixture(scope="module")
@@ -221,10 +221,9 @@ def test_voxel_size_and_classes_come_from_the_data(rooms):
     """instance_s3dis.yaml leaves voxel_size and class_names out: the CLI takes them from the datamodule; giving
     model.voxel_size is an error naming it."""
     def build(*overrides: str) -> Lang3DCLI:
-        return Lang3DCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                         run=False, args=["-c", str(CONFIGS / "instance_s3dis.yaml"), "-c",
-                                          str(CONFIGS / "demo_synthetic_s3dis_ins.yaml"), "--data.root", str(rooms),
-                                          *TINY_CLI, "--trainer.logger", "false", *overrides])
+        return build_cli(["-c", str(CONFIGS / "instance_s3dis.yaml"), "-c",
+                          str(CONFIGS / "demo_synthetic_s3dis_ins.yaml"), "--data.root", str(rooms), *TINY_CLI,
+                          "--trainer.logger", "false", *overrides], run=False)
 
     cli = build("--data.voxel_size", "0.1")
     assert cli.model.hparams.voxel_size == 0.1 and cli.model.class_names == list(S3DISDataModule.class_names)

@@ -170,20 +170,26 @@ class Lang3DCLI(LightningCLI):
             config["ckpt_path"] = str(newest_checkpoint(self.trainer) or "last")
 
 
+def build_cli(args: list[str] | None = None, run: bool = True) -> Lang3DCLI:
+    """The project's LightningCLI on ``args`` (None: the command line). Every run also gets the callbacks and the
+    checkpoint writer that make a killed run resume exactly (``lang3d.training.resume``). ``run=False`` parses and
+    builds the model, datamodule and trainer without running a subcommand (``cli.model``, ``cli.datamodule``)."""
+    _import_project()
+    return Lang3DCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                     args=args, run=run, save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
+                     trainer_defaults={"callbacks": [RandomStateCheckpoint(), TrainLoaderStateOnResume(),
+                                                     CheckpointOnSigterm()],
+                                       "plugins": [{"class_path": "lang3d.training.resume.AtomicCheckpointIO"}]})
+
+
 def main(args: list[str] | None = None) -> None:
-    """Every run also gets the callbacks and the checkpoint writer that make a killed run resume exactly
-    (``lang3d.training.resume``).
-    ``lang3d convert KIND IN OUT`` converts a published checkpoint (``lang3d.convert``) instead."""
+    """Runs ``build_cli(args)``; ``lang3d convert KIND IN OUT`` converts a published checkpoint (``lang3d.convert``)
+    instead."""
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["convert"]:
         from lang3d.convert import main as convert
         return convert(argv[1:])
-    _import_project()
-    Lang3DCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
-              save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
-              trainer_defaults={"callbacks": [RandomStateCheckpoint(), TrainLoaderStateOnResume(),
-                                              CheckpointOnSigterm()],
-                                "plugins": [{"class_path": "lang3d.training.resume.AtomicCheckpointIO"}]})
+    build_cli(args)
 
 
 def console_main() -> None:
