@@ -19,8 +19,11 @@
 #   make demo                  every pipeline briefly on built-in synthetic data (pre-train -> fine-tune, Point-Bind
 #                              -> zero-shot, SEPE -> sample), all logging under runs/
 #   make benchmark (or bench)  every script in benchmarks/, then one summary table in runs/benchmarks/summary.md
-#   make gpu-check             on a machine with an NVIDIA GPU: CUDA MinkowskiEngine, the CUDA-vs-CPU tests, GPU
-#                              benchmarks, the whole suite (scripts/gpu_check.sh; figures in runs/gpu_check/)
+#   make gpu-bundle            the folder gpu-bundle/ the GPU machine's check installs from (MinkowskiEngine CUDA
+#                              wheel, the wheels that machine lacks, OpenBLAS); at most 40 MiB
+#   make gpu-rehearsal         the GPU check here, in an environment of only what the GPU machine has, index off
+#   make gpu-check             on the GPU machine (no network): installs gpu-bundle/, the CUDA-vs-CPU tests, the GPU
+#                              benchmarks, a summary (scripts/gpu_check.sh; figures in runs/gpu_check/ or $OUT)
 #   make check-cuda-build      compile MinkowskiEngine's CUDA extension on any machine (no GPU; long)
 
 VENV ?= .venv
@@ -41,7 +44,7 @@ SUNRGBD ?=
 SYNTHETIC_SUNRGBD ?= data/synthetic/sunrgbd
 ARGS ?=
 
-.PHONY: install test test-full check-learning pretrain-text4point finetune-s3dis finetune-s3dis-ins finetune-scannet-det finetune-sunrgbd-det sepe pointbind demo benchmark bench synthetic-scannet synthetic-s3dis clean-venv gpu-check check-cuda-build
+.PHONY: install test test-full check-learning pretrain-text4point finetune-s3dis finetune-s3dis-ins finetune-scannet-det finetune-sunrgbd-det sepe pointbind demo benchmark bench synthetic-scannet synthetic-s3dis clean-venv gpu-bundle gpu-rehearsal gpu-check check-cuda-build
 
 install: $(STAMP)
 
@@ -183,8 +186,14 @@ benchmark: $(STAMP)
 
 bench: benchmark
 
+gpu-bundle: $(STAMP)
+	$(PY) scripts/gpu_bundle.py
+
+gpu-rehearsal: gpu-bundle
+	bash scripts/gpu_rehearsal.sh
+
 gpu-check:
-	VENV=$(VENV) bash scripts/gpu_check.sh
+	bash scripts/gpu_check.sh
 
 check-cuda-build: $(STAMP)
 	VENV=$(VENV) bash scripts/check_cuda_build.sh

@@ -14,7 +14,7 @@ sdist that stop the build when the expected text is not there:
 Which build: CPU-only, unless a CUDA GPU is visible and a CUDA toolkit is there (``nvcc`` on PATH, ``CUDA_HOME``,
 or ``LANG3D_CUDA=pip``), or a CUDA build is asked for (``--cuda`` / ``LANG3D_ME_CUDA=1``: compiling needs no GPU).
 ``LANG3D_ME_CPU=1`` forces CPU. ``LANG3D_CUDA=pip`` assembles the toolkit from PyPI's nvidia-* wheels at the
-versions torch 2.14.1 was built with (``<cache>/cuda-13.0``). Architectures: ``TORCH_CUDA_ARCH_LIST``, else the
+versions torch 2.11.0 was built with (``<cache>/cuda-13.0``). Architectures: ``TORCH_CUDA_ARCH_LIST``, else the
 visible GPUs', else 8.0 and 9.0 (A100, H100/H200).
 The wheel is cached in ``$LANG3D_CACHE`` (default ``~/.cache/lang3d``) keyed by the ME version, Python, the torch
 version and CPU or CUDA version + architectures, so a second install only copies it. Run with the environment's
@@ -30,7 +30,8 @@ An installed CPU-only MinkowskiEngine is replaced when a CUDA build is wanted.
 from __future__ import annotations
 
 import argparse
-import glob
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -38,9 +39,11 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.request
 from pathlib import Path
 
 ME_VERSION = "0.5.4"
+ME_SDIST_SHA256 = "b1879c00d0b0b1d30ba622cce239886a7e3c78ee9da1064cdfe2f64c2ab15f94"   # MinkowskiEngine-0.5.4.tar.gz
 
 COLLECTIONS_FIX_FILES = [
     "MinkowskiEngine/MinkowskiCommon.py",
@@ -50,7 +53,7 @@ COLLECTIONS_FIX_FILES = [
     "MinkowskiEngine/utils/quantization.py",
 ]
 PYPI_CUDA_VERSION = "13.0"
-# The CUDA toolkit pieces torch 2.14.1+cu130 was built with (the pins of its cuda-toolkit==13.0.3 dependency).
+# The CUDA toolkit pieces torch 2.11.0+cu130 was built with (the pins of its cuda-toolkit==13.0.2 dependency).
 PYPI_CUDA_PACKAGES = {
     "nvidia-cuda-nvcc": "13.0.88",
     "nvidia-cuda-crt": "13.0.88",
@@ -58,7 +61,7 @@ PYPI_CUDA_PACKAGES = {
     "nvidia-cuda-cccl": "13.0.85",
     "nvidia-cuda-runtime": "13.0.96",
     "nvidia-cusparse": "12.6.3.3",
-    "nvidia-cublas": "13.1.1.3",
+    "nvidia-cublas": "13.1.0.3",
     "nvidia-curand": "10.4.0.35",     # curand.h (MinkowskiEngine's gpu.cuh)
     "nvidia-cusolver": "12.0.4.66",   # cusolverDn.h (torch's ATen/cuda headers)
     "nvidia-nvtx": "13.0.85",         # nvtx3/nvToolsExt.h (MinkowskiEngine's copy of cudf's NVTX wrapper)
@@ -188,12 +191,26 @@ def build_cuda_home() -> Path:
 
 
 def fetch_sdist(dest: Path) -> Path:
-    run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
-         "--no-cache-dir", "-d", str(dest), f"minkowskiengine=={ME_VERSION}"])
-    found = glob.glob(str(dest / "*inkowski*ngine-*.tar.gz"))
-    if not found:
-        sys.exit(f"build_minkowski: no MinkowskiEngine {ME_VERSION} sdist in {dest}")
-    return Path(found[0])
+    """Download the sdist into ``dest`` and check it against ``ME_SDIST_SHA256``.
+
+    ``pip download`` cannot fetch it on Python >= 3.12: pip prepares the sdist's metadata, and ME's setup.py then
+    looks for BLAS through ``numpy.distutils`` (gone on 3.12) unless ``--blas`` is on its command line, which only
+    a PEP 517 config setting reaches. So pip resolves it with that setting (``--dry-run --report``) and the file
+    its report names is downloaded here."""
+    report = dest / "pip-report.json"
+    run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--no-build-isolation", "--use-pep517",
+         "-C--global-option=--blas=openblas", "--no-cache-dir", "--quiet", "--report", str(report),
+         f"minkowskiengine=={ME_VERSION}"])
+    url = json.loads(report.read_text())["install"][0]["download_info"]["url"]
+    print(f"MinkowskiEngine: downloading {url}", flush=True)
+    with urllib.request.urlopen(url, timeout=300) as response:
+        data = response.read()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != ME_SDIST_SHA256:
+        sys.exit(f"build_minkowski: {url} has sha256 {digest}, expected {ME_SDIST_SHA256}")
+    sdist = dest / url.rsplit("/", 1)[-1]
+    sdist.write_bytes(data)
+    return sdist
 
 
 def fix_collections_import(text: str) -> str:

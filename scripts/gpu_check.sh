@@ -1,78 +1,116 @@
 #!/usr/bin/env bash
-# The project's GPU check, end to end, on one machine with an NVIDIA GPU (sized for ~15 minutes on one GPU and
-# 16 cores; every stage fits in 10 minutes, so a device session can run them as separate commands):
-#   setup   the environment with a CUDA MinkowskiEngine: scripts/install_env.sh when $VENV is missing, then
-#           scripts/build_minkowski.py (a given wheel, the cached CUDA wheel, or a build with MAX_JOBS=$(nproc)
-#           for the visible GPU's architecture; CUDA 13.0 from PyPI when there is no nvcc)
-#   tests   the CUDA-vs-CPU tests: tests/test_cuda_parity.py (SR-UNet34 forward/backward, NCCL SyncBatchNorm,
-#           Point-E fp32 and bf16) and the FPS / kNN comparison; a skipped test is a failure here
-#   bench   SR-UNet34 on a ScanNet-sized room (2 cm, 2.5 cm), Point-E two-stage sampling (fp32, bf16),
-#           Text4Point pre-training steps/s beside the data pipeline's pairs/s; figures in $OUT/summary.md
-#   suite   the whole test suite with CUDA visible (what is left of $BUDGET_S)
+# The project's GPU check in one command, made for the lent GPU machine: it has no network, so nothing here reaches a
+# package registry. Everything the machine's own python3 lacks comes from the bundle `make gpu-bundle` wrote; the
+# project runs from the working tree (PYTHONPATH), not from an install.
+#   setup    pip install --no-index --no-deps --target $SITE $BUNDLE/wheels/*.whl; the native libraries into
+#            $SITE.lib (LD_LIBRARY_PATH); import check: torch sees the GPU, MinkowskiEngine has CUDA, and which
+#            OpenBLAS the extension loaded
+#   tests    the CUDA-vs-CPU parity tests (tests/test_cuda_parity.py, FPS / kNN); a skipped test fails the check
+#   bench    SR-UNet34 forward + backward on a ScanNet-sized room at 2 cm and 2.5 cm; Point-E base40M + upsampler
+#            sampling, s/sample in fp32 and bf16; one pre-training step at the shipped batch of 32 ScanNet-sized frames
+#            at full width, with peak GPU memory, beside the input pipeline's frames/s with one worker per core
+#   summary  $OUT/summary.md: every figure, the machine and the date
+# $OUT ends with at most 8 files: summary.md, figures.jsonl, setup.log, tests.log, bench.log, and the caller's own log.
 #
-#   scripts/gpu_check.sh [setup] [tests] [bench] [suite]      (default: all four, in this order)
-#   VENV=.venv  OUT=runs/gpu_check  BUDGET_S=840  LANG3D_ME_WHEEL=path/to/MinkowskiEngine-*.whl (a CUDA wheel
-#   built elsewhere, e.g. by scripts/check_cuda_build.sh for this GPU's architecture)
-set -euo pipefail
+#   scripts/gpu_check.sh [setup] [tests] [bench] [summary]       (default: all four, in this order)
+#   PYTHON=python3 BUNDLE=gpu-bundle SITE=/tmp/lang3d-site OUT=runs/gpu_check BUDGET_S=540 (the whole check's limit)
+#   LANG3D_GPU_CHECK_CPU=1   the CPU sizes `make gpu-rehearsal` runs: no GPU asserts, the parity tests only collected,
+#                            small benchmarks
+set -uo pipefail
 cd "$(dirname "$0")/.."
-VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+BUNDLE=${BUNDLE:-gpu-bundle}
+SITE=${SITE:-/tmp/lang3d-site}
 OUT=${OUT:-runs/gpu_check}
-BUDGET_S=${BUDGET_S:-840}
-PY="$VENV/bin/python"
+BUDGET_S=${BUDGET_S:-540}
+CPU=${LANG3D_GPU_CHECK_CPU:-0}
 STAGES=("$@")
-[ ${#STAGES[@]} -gt 0 ] || STAGES=(setup tests bench suite)
+[ ${#STAGES[@]} -gt 0 ] || STAGES=(setup tests bench summary)
 mkdir -p "$OUT"
+export PIP_NO_INDEX=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export LD_LIBRARY_PATH="$SITE.lib/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LANG3D_BENCH_RECORD="$OUT/figures.jsonl"
 started=$SECONDS
-failed=()   # stages or benchmarks that failed; the check goes on with the next one (setup failing stops it)
-left() { local s=$((BUDGET_S - (SECONDS - started))); echo $((s > 10 ? s : 10)); }   # timeout 0 = none
+failed=()
+left() { local s=$((BUDGET_S - (SECONDS - started))); echo $((s > 10 ? s : 10)); }
 say() { echo "gpu-check [$((SECONDS - started)) s]: $*"; }
-
-if ! nvidia-smi -L; then
-  echo "gpu-check: no NVIDIA GPU visible (nvidia-smi failed)" >&2
-  exit 1
-fi
-export MAX_JOBS=${MAX_JOBS:-$(nproc)}
-if [ -z "${LANG3D_CUDA:-}" ] && ! command -v nvcc >/dev/null && [ ! -x /usr/local/cuda/bin/nvcc ]; then
-  export LANG3D_CUDA=pip
-fi
+stage_start=0
+stage_done() { say "$1 took $((SECONDS - stage_start)) s"; }
+# step NAME LOG COMMAND...: run COMMAND within what is left of the budget, its output also appended to LOG; a failure
+# is recorded under NAME and the check goes on
+step() {
+  local name=$1 log=$2
+  shift 2
+  timeout "$(left)" "$@" 2>&1 | tee -a "$log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || failed+=("$name")
+}
 
 for stage in "${STAGES[@]}"; do
+  stage_start=$SECONDS
   case $stage in
     setup)
-      say "setup (LANG3D_CUDA=${LANG3D_CUDA:-system}, MAX_JOBS=$MAX_JOBS)"
-      if [ ! -f "$VENV/.lang3d-installed" ]; then
-        VENV=$VENV bash scripts/install_env.sh
+      say "setup: the bundle $BUNDLE into $SITE, with the package index off"
+      if [ ! -d "$BUNDLE/wheels" ]; then
+        echo "gpu-check: no bundle at $BUNDLE (make gpu-bundle writes it; carry it with the call)" >&2
+        exit 1
       fi
-      "$PY" scripts/build_minkowski.py
-      "$PY" -c "import torch, MinkowskiEngine as ME; assert torch.cuda.is_available(), 'torch sees no GPU'; \
-assert ME.is_cuda_available(), 'MinkowskiEngine has no CUDA'; \
-print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name(0), '| ME', ME.__version__)"
+      rm -rf "$SITE" "$SITE.lib" "$OUT/setup.log"
+      step pip "$OUT/setup.log" "$PYTHON" -m pip install --no-index --no-deps --no-compile --no-cache-dir \
+        --target "$SITE" "$BUNDLE"/wheels/*.whl
+      step native-libs "$OUT/setup.log" "$PYTHON" -c \
+        "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter='data')" \
+        "$BUNDLE/native-libs.tar.xz" "$SITE.lib"
+      step import-check "$OUT/setup.log" env LANG3D_GPU_CHECK_CPU="$CPU" "$PYTHON" scripts/gpu_import_check.py
+      if [ ${#failed[@]} -gt 0 ]; then
+        say "FAILED: ${failed[*]} (the other stages need the setup)"
+        exit 1
+      fi
+      stage_done setup
       ;;
     tests)
       say "CUDA-vs-CPU tests"
-      OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} timeout "$(left)" "$PY" -m pytest -q -rs \
-        tests/test_cuda_parity.py "tests/test_point_ops.py::test_fps_and_knn_on_cuda_match_cpu" \
-        | tee "$OUT/cuda_tests.log" || failed+=(tests)
-      if grep -q "skipped" "$OUT/cuda_tests.log"; then
-        echo "gpu-check: CUDA tests were skipped on a GPU machine" >&2
-        failed+=(tests-skipped)
+      tests=(tests/test_cuda_parity.py "tests/test_point_ops.py::test_fps_and_knn_on_cuda_match_cpu")
+      rm -f "$OUT/tests.log"
+      if [ "$CPU" = 1 ]; then
+        step tests "$OUT/tests.log" "$PYTHON" -m pytest -q -p no:cacheprovider --collect-only "${tests[@]}"
+      else
+        step tests "$OUT/tests.log" env OMP_NUM_THREADS=8 "$PYTHON" -m pytest -q -rs -p no:cacheprovider "${tests[@]}"
+        if grep -q "skipped" "$OUT/tests.log"; then
+          echo "gpu-check: CUDA tests were skipped on a GPU machine" >&2
+          failed+=(tests-skipped)
+        fi
       fi
+      stage_done tests
       ;;
     bench)
       say "benchmarks"
-      rm -f "$OUT/figures.jsonl"
-      export LANG3D_BENCH_RECORD="$OUT/figures.jsonl"
-      timeout "$(left)" "$PY" benchmarks/srunet_speed.py --device cuda || failed+=(srunet_speed)
-      timeout "$(left)" "$PY" benchmarks/point_e_sampling.py --device cuda || failed+=(point_e_sampling)
-      timeout "$(left)" "$PY" benchmarks/text4point_pretrain.py || failed+=(text4point_pretrain)
-      [ ! -s "$OUT/figures.jsonl" ] || "$PY" benchmarks/summary.py "$OUT/figures.jsonl" "$OUT/summary.md"
+      rm -f "$LANG3D_BENCH_RECORD"
+      if [ "$CPU" = 1 ]; then
+        device=cpu; srunet=(--voxel-sizes 0.1 --repeats 1); point_e=(--steps 2)
+        pretrain=(--color-size 324 242 --depth-size 160 120 --frames 4 --batch-size 4 --workers 2 --steps 1)
+      else
+        device=cuda; srunet=(--voxel-sizes 0.02 0.025); point_e=()
+        pretrain=(--frames 32 --batch-size 32 --workers "$(nproc)" --steps 3)
+      fi
+      rm -f "$OUT/bench.log"
+      step srunet_speed "$OUT/bench.log" "$PYTHON" benchmarks/srunet_speed.py --device $device "${srunet[@]}"
+      step point_e_sampling "$OUT/bench.log" "$PYTHON" benchmarks/point_e_sampling.py --device $device "${point_e[@]}"
+      step text4point_pretrain "$OUT/bench.log" "$PYTHON" benchmarks/text4point_pretrain.py --device $device \
+        "${pretrain[@]}"
+      stage_done bench
       ;;
-    suite)
-      say "the whole suite with CUDA visible ($(left) s left)"
-      timeout "$(left)" "$PY" -m pytest -q -x | tee "$OUT/suite.log" | tail -n 30 || failed+=(suite)
+    summary)
+      if [ -s "$LANG3D_BENCH_RECORD" ]; then
+        step summary /dev/null "$PYTHON" benchmarks/summary.py "$LANG3D_BENCH_RECORD" "$OUT/summary.md"
+      else
+        echo "gpu-check: no benchmark figures recorded" >&2
+        failed+=(summary)
+      fi
+      stage_done summary
       ;;
     *)
-      echo "gpu-check: unknown stage '$stage' (setup, tests, bench, suite)" >&2
+      echo "gpu-check: unknown stage '$stage' (setup, tests, bench, summary)" >&2
       exit 2
       ;;
   esac
@@ -81,4 +119,4 @@ if [ ${#failed[@]} -gt 0 ]; then
   say "FAILED: ${failed[*]}"
   exit 1
 fi
-say "done"
+say "done in $((SECONDS - started)) s"

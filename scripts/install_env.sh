@@ -2,14 +2,18 @@
 # Creates the project's virtual environment with pinned dependencies, builds (or reuses a cached)
 # MinkowskiEngine 0.5.4 wheel, and installs lang3d in editable mode.
 #   VENV   where the environment goes (default .venv)
-#   PYTHON the interpreter to build it from (default python3.11)
+#   PYTHON the interpreter to build it from (default: python3.12 on PATH, else pyenv's 3.12)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-PYTHON=${PYTHON:-python3.11}
-
-if ! command -v "$PYTHON" >/dev/null; then
-  echo "install: $PYTHON not found; lang3d needs Python 3.11 (set PYTHON=...)" >&2
+if [ -z "${PYTHON:-}" ]; then
+  PYTHON=python3.12
+  if ! "$PYTHON" -c "" 2>/dev/null && command -v pyenv >/dev/null; then
+    PYTHON=$(ls -d "$(pyenv root)"/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1)
+  fi
+fi
+if ! "${PYTHON:-python3.12}" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
+  echo "install: no Python 3.12 found (${PYTHON:-python3.12}); lang3d's stack is Python 3.12 (set PYTHON=...)" >&2
   exit 1
 fi
 # MinkowskiEngine links BLAS; Debian's OpenBLAS headers are needed to build it.
