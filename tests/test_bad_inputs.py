@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from datamodules.cap3d.objects import read_point_cloud
 from datamodules.modelnet40.h5 import read_h5
@@ -83,6 +84,20 @@ def test_empty_inputs_are_named_errors_not_empty_datasets(tmp_path):
     (tmp_path / "Cap3D_automated_ABO.csv").write_text("")
     with pytest.raises(Exception, match="Cap3D_automated_ABO.csv is empty"):
         read_captions(tmp_path / "Cap3D_automated_ABO.csv")
+    import h5py
+    with h5py.File(tmp_path / "ply_data_train3.h5", "w") as f:
+        f["data"] = np.zeros((0, 2048, 3), np.float32)
+        f["label"] = np.zeros((0, 1), np.uint8)
+    with pytest.raises(Exception, match=r"ply_data_train3.h5: no shapes \('data' has shape \(0, 2048, 3\)\)"):
+        read_h5(tmp_path / "ply_data_train3.h5", 40)
+    from datamodules.cap3d import Cap3DDataModule
+    cap3d = tmp_path / "cap3d"
+    (cap3d / "Cap3D_pcs_pt").mkdir(parents=True)
+    torch.save(torch.rand(6, 64), cap3d / "Cap3D_pcs_pt" / "B0OTHER.pt")     # a cloud, but of no captioned object
+    (cap3d / "Cap3D_automated_ABO.csv").write_text("B0CHAIR1,a red chair\nB0TABLE2,a round table\n")
+    with pytest.raises(Exception, match=rf"none of the 2 objects captioned in {cap3d / 'Cap3D_automated_ABO.csv'} "
+                                        rf"has a point cloud .* in {cap3d / 'Cap3D_pcs_pt'}"):
+        Cap3DDataModule(str(cap3d), subset="ABO", load_images=False).splits()
     (tmp_path / "Area_3" / ".hidden").mkdir(parents=True)
     with pytest.raises(Exception, match=f"{tmp_path / 'Area_3'} holds no rooms"):
         list_rooms(tmp_path, 3)
@@ -104,7 +119,6 @@ def test_label_outside_the_class_list_names_the_file(tmp_path):
 def test_missing_split_file_and_mismatched_checkpoint_are_named(tmp_path):
     with pytest.raises(Exception, match="scannetv2_val.txt"):
         read_split(tmp_path / "scannetv2_val.txt")
-    import torch
     net = torch.nn.Linear(3, 4)
     ckpt = tmp_path / "bad.ckpt"
     torch.save({"state_dict": {"net.weight": torch.zeros(5, 3), "net.bias": torch.zeros(4)}}, ckpt)

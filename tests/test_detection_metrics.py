@@ -1,7 +1,9 @@
 """Detection mAP: VOC AP on a hand-made curve, a hand-scored two-scene example, VoteNet's eval_det_cls written out
 plainly (global sort, then greedy matching) on random scenes, and exact state merging / gathering."""
 import contextlib
+import copy
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -234,3 +236,25 @@ def test_bad_inputs_are_named():
                       [dict(boxes=box, labels=torch.tensor([0]))])
     with pytest.raises(ValueError, match="2 prediction dicts for 1"):
         metric.update([{}, {}], [{}])
+
+
+def test_one_class_keeps_its_class_axis_and_names():
+    """num_classes=1 (e.g. chairs only): per-class results stay [1] (torchmetrics squeezes one-element tensors),
+    equal VoteNet's eval_det_cls and the multi-class path, and are logged under the class name."""
+    rng = np.random.default_rng(9)
+    preds, targets = random_scenes(rng, 8, 1)
+    one, three = DetectionMAP(1, class_names=["chair"]), DetectionMAP(3)
+    one.update(preds, targets)
+    three.update(preds, targets)
+    out, multi = one.compute(), three.compute()
+    for t in (0.25, 0.5):
+        assert out[f"ap@{t:g}"].shape == out[f"recall@{t:g}"].shape == (1,) and out[f"map@{t:g}"].dim() == 0
+        ap, recall = votenet_eval_det_cls(preds, targets, 0, t, False)
+        assert float(out[f"ap@{t:g}"][0]) == pytest.approx(ap, abs=1e-9) and 0.1 < ap < 0.95
+        assert float(out[f"recall@{t:g}"][0]) == pytest.approx(recall, abs=1e-9)
+        torch.testing.assert_close(out[f"ap@{t:g}"], multi[f"ap@{t:g}"][:1], rtol=0, atol=0)
+        assert float(out[f"map@{t:g}"]) == float(multi[f"map@{t:g}"])
+    assert sorted(one.named_scores(out)) == ["ap@0.25/chair", "ap@0.5/chair", "map@0.25", "map@0.5",
+                                             "recall@0.25/chair", "recall@0.5/chair"]
+    copied = copy.deepcopy(one)        # torchmetrics wraps compute afresh when a metric is copied or unpickled
+    assert copied.compute()["ap@0.25"].shape == pickle.loads(pickle.dumps(one)).compute()["ap@0.25"].shape == (1,)

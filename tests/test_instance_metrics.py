@@ -286,3 +286,33 @@ def test_greedy_voc_is_not_the_benchmark():
         official = ap[:, expected["overlaps"].index(0.5)]
         differ += not np.allclose(out["ap@0.5"].numpy(), official, atol=1e-6, equal_nan=True)
     assert differ >= 4
+
+
+@pytest.mark.parametrize("convention", ["scannet", "greedy_voc"])
+def test_one_class_keeps_its_class_axis_and_names(convention):
+    """num_classes=1: per-class results stay [1] (torchmetrics squeezes one-element tensors), equal the
+    multi-class path on the same scenes (and, greedy_voc, the plain reference), and are logged under the class
+    name."""
+    rng = np.random.default_rng(10)
+    scenes = [random_scene(rng, num_classes=1) for _ in range(5)]
+    one = InstanceSegmentationMetrics(1, ["chair"], convention=convention, min_region_size=3)
+    three = InstanceSegmentationMetrics(3, convention=convention, min_region_size=3)
+    for scene in scenes:
+        one.update(*scene)
+        three.update(*scene)
+    out, multi = one.compute(), three.compute()
+    per_class = ("ap", "ap@0.5", "ap@0.25", "prec@0.5", "rec@0.5")
+    for key in out:
+        if key in per_class:
+            assert out[key].shape == (1,), key
+            torch.testing.assert_close(out[key], multi[key][:1], rtol=0, atol=0)
+        else:
+            assert out[key].dim() == 0
+            torch.testing.assert_close(out[key], multi[key], rtol=0, atol=0)
+    assert 0 < float(out["ap"][0]) < float(out["ap@0.5"][0]) < 0.95 and float(out["ap@0.5"][0]) > 0.1
+    if convention == "greedy_voc":
+        ap, _, _, _ = reference_scores(scenes, 1, GREEDY_VOC_THRESHOLDS)
+        np.testing.assert_allclose(out["ap"].numpy(), ap.mean(0), atol=1e-12)
+        np.testing.assert_allclose(out["ap@0.5"].numpy(), ap[0], atol=1e-12)
+    assert sorted(one.named_scores(out)) == sorted(
+        ["map", "map@0.5", "map@0.25", "mprec@0.5", "mrec@0.5"] + [f"{key}/chair" for key in per_class])

@@ -2,8 +2,10 @@
 
 Golden data (tests/data/point_e_evals/, made by its make_fixture.py from openai/point-e at fc8a607c): the official
 ``PointNetClassifier`` (``get_model(40, normal_channel=False, width_mult=2)``, full size) on weights rebuilt here
-from the same seed, features and class probabilities of 10 clouds streamed in device batches of 4, and P-FID / P-IS
-of seeded random sets from the official ``fid_is``.
+from the same seed; features and class probabilities of 10 clouds of mixed shapes, offsets and scales streamed in
+device batches of 4, and of 70 float32 clouds in the unit cube as two sets of 35 in point-e's device batches of 64,
+with their P-FID and P-IS; P-FID / P-IS of seeded random sets from the official ``fid_is``. The clouds are rebuilt
+from their seeds.
 """
 import argparse
 import importlib.util
@@ -35,7 +37,7 @@ def official():
     keys = [(k, shape) for k, shape in json.loads((DATA / "pointnet_keys.json").read_text())]
     outputs = np.load(DATA / "official_outputs.npz")
     state = {k: torch.from_numpy(v) for k, v in fixture.random_state_dict(keys).items()}
-    clouds = torch.from_numpy(np.load(DATA / "clouds.npz")["arr_0"])
+    clouds = torch.from_numpy(fixture.random_clouds())
     return keys, state, clouds, outputs
 
 
@@ -67,6 +69,36 @@ def test_official_file_gives_the_official_features_and_predictions(official, poi
     np.testing.assert_allclose(torch.cat(logits).softmax(-1).numpy(), outputs["preds"], atol=1e-5, rtol=0)
     wrong, _ = features_and_logits(net, clouds[1:4], 0, device_batch_size=1)     # every cloud started at 0
     assert np.abs(wrong.numpy() - outputs["features"][1:4]).max() > 1e-3
+
+
+def test_clouds_are_normalised_as_point_e_does_at_fps_near_ties(official, pointnet_file):
+    """Point-e normalises float32 clouds in float32 (NumPy). Cloud 11 of the unit-cube set A sits on a near-tie
+    of farthest-point sampling: normalised in float64 instead (differences ~1e-6) it takes another centre and
+    its features move by 0.012. Clouds 10-12 of the set, at their positions 10-12 in point-e's device batch of 64."""
+    _, _, _, outputs = official
+    cube = torch.from_numpy(fixture.unit_cube_clouds())
+    features, logits = features_and_logits(load_eval_pointnet(pointnet_file), cube[10:13], 10, 64)
+    np.testing.assert_allclose(features.numpy(), outputs["cube_features_a"][10:13], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(logits.softmax(-1).numpy(), outputs["cube_preds_a"][10:13], atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_scores_of_clouds_equal_point_e_evaluate_pfid_and_pis(official, pointnet_file):
+    """P-FID(A, B) and P-IS(B) of the 70 unit-cube clouds, each set streamed from its first cloud in parts, equal
+    point-e's evaluate_pfid.py / evaluate_pis.py (about a minute on one CPU core)."""
+    _, _, _, outputs = official
+    cube = torch.from_numpy(fixture.unit_cube_clouds())
+    net = load_feature_network(pointnet_file)
+    fid, pis = PointFID(net, device_batch_size=64), PointIS(net, device_batch_size=64)
+    for part in torch.split(cube[:35], [20, 15]):
+        fid.update(part, real=True)
+    for part in torch.split(cube[35:], [10, 25]):
+        fid.update(part)
+        pis.update(part)
+    np.testing.assert_allclose(torch.cat(fid.real_features).numpy(), outputs["cube_features_a"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(torch.cat(fid.fake_features).numpy(), outputs["cube_features_b"], atol=1e-5, rtol=0)
+    assert fid.compute().item() == pytest.approx(float(outputs["cube_p_fid"]), rel=1e-6)
+    assert pis.compute()[0].item() == pytest.approx(float(outputs["cube_p_is"]), rel=1e-6)
 
 
 def test_metrics_run_the_network_as_point_e(official, pointnet_file):

@@ -1,6 +1,7 @@
 """Tests for sepe.fusion: Option A (concat MLP), Option B (cross-attention + attention pooling), both built as the
 Point-E model's clip_embed(grid) plus a text-driven update that is zero at initialisation; driving a Point-E model
 through its own token layout; classifier-free dropout. CPU, tiny widths."""
+import copy
 import math
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lang3d.models.lora import LoRALinear
+from lang3d.models.lora import POINT_E_LORA_TARGETS, LoRALinear, apply_lora
 from lang3d.models.point_e import build_model
 from sepe.conditioned_model import SEPEConditionedModel
 from sepe.fusion import ConcatFusion, CrossAttentionFusion, drop_conditions, forward_with_condition
@@ -77,6 +78,59 @@ def test_fused_model_starts_exactly_as_the_point_e_model(name, make, lora_rank):
              {"text_tokens": torch.randn(2, L, TW), "text_mask": mask})
     assert not torch.allclose(fused(x, t, grid=grid, **text_kw, **extra), fused(x, t, grid=grid, **other, **extra),
                               atol=1e-4)
+
+
+def merged_copy(model: nn.Module, scale: float) -> nn.Module:
+    """A copy of ``model`` with every LoRALinear replaced by a plain nn.Linear of weight W + scale · B A."""
+    merged = copy.deepcopy(model)
+    for name, layer in list(merged.named_modules()):
+        if isinstance(layer, LoRALinear):
+            plain = nn.Linear(layer.in_features, layer.out_features)
+            with torch.no_grad():
+                plain.weight.copy_(layer.weight + scale * layer.lora_B @ layer.lora_A)
+                plain.bias.copy_(layer.bias)
+            parent, _, child = name.rpartition(".")
+            setattr(merged.get_submodule(parent), child, plain)
+    assert not any(isinstance(m, LoRALinear) for m in merged.modules())
+    return merged
+
+
+@pytest.mark.parametrize("targets", [*POINT_E_LORA_TARGETS, POINT_E_LORA_TARGETS], ids=[*POINT_E_LORA_TARGETS, "all"])
+@pytest.mark.parametrize("make", [concat_fusion, cross_fusion])
+@pytest.mark.parametrize("name", ["base40M", "upsample"])
+def test_lora_model_equals_its_merged_model_with_and_without_autograd(targets, make, name):
+    """SEPE ``trainable: lora``: the LoRA updates of the backbone and the fusion count in every mode. Sampling and
+    validation run without autograd (``no_grad``, ``inference_mode``), where the transformer takes its in-place
+    path; each mode must give the model with W + (alpha / rank) B A merged into plain Linear layers."""
+    model = tiny(name)
+    fusion = make(lora_rank=4, lora_alpha=8.0)
+    fusion.load_point_e_clip_embed(model)
+    fused = SEPEConditionedModel(model, fusion).eval()
+    unadapted = copy.deepcopy(fused)
+    wrapped = apply_lora(model.backbone, targets, rank=4, alpha=8.0)
+    assert len(wrapped) == 2 * (1 if isinstance(targets, str) else 4)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for layer in fused.modules():
+            if isinstance(layer, LoRALinear):
+                layer.lora_B.copy_(0.2 * torch.randn(layer.lora_B.shape, generator=g))
+    merged = merged_copy(fused, scale=8.0 / 4)
+
+    grid, text, tokens, mask = inputs()
+    x, t = torch.randn(2, 6, 7, generator=g), torch.tensor([10, 900])
+    extra = {"low_res": torch.randn(2, 6, 4, generator=g) * 0.3} if name == "upsample" else {}
+    kw = dict(grid=grid, **({"text_vector": text} if make is concat_fusion else {"text_tokens": tokens,
+                                                                                  "text_mask": mask}), **extra)
+    expected = merged(x, t, **kw).detach()                     # autograd on: the plain block-by-block path
+    assert (expected - unadapted(x, t, **kw)).abs().max() > 0.05    # the LoRA updates move the output
+    outputs = {"autograd": fused(x, t, **kw)}
+    assert outputs["autograd"].requires_grad
+    with torch.no_grad():
+        outputs["no_grad"] = fused(x, t, **kw)
+    with torch.inference_mode():
+        outputs["inference_mode"] = fused(x, t, **kw)
+    for mode, out in outputs.items():
+        torch.testing.assert_close(out.detach(), expected, rtol=1e-5, atol=1e-5, msg=lambda m: f"{mode}: {m}")
 
 
 def test_concat_fusion_matches_per_patch_computation():

@@ -106,6 +106,25 @@ def test_packing_at_exactly_63_bits():
     assert lookup_rows(table, query).tolist() == dict_lookup(table, query)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
+def test_inputs_are_left_unchanged_and_a_table_finds_itself(dtype):
+    """No integer dtype's coordinates are shifted in place (int64's ``.long()`` is the tensor itself), in the packed
+    keys' path and in the lexicographic path (rows spread over more than 2^63 cells, int64 only)."""
+    c = torch.tensor([[0, 3, 4, 5], [1, 7, 8, 9]], dtype=dtype)
+    before = c.clone()
+    assert lookup_rows(c, c).tolist() == [0, 1]
+    assert torch.equal(c, before)
+    query = torch.tensor([[1, 7, 8, 9], [0, 3, 4, 6], [0, 3, 4, 5]], dtype=dtype)
+    query_before = query.clone()
+    assert lookup_rows(c, query).tolist() == [1, -1, 0]
+    assert torch.equal(c, before) and torch.equal(query, query_before)
+    if dtype == torch.int64:
+        wide = torch.tensor([[0, -2 ** 40, 5, 2 ** 40], [1, 2 ** 40, -5, -2 ** 40], [0, 0, 0, 0]])
+        wide_before = wide.clone()
+        assert lookup_rows(wide, wide.flip(0)).tolist() == [2, 1, 0]
+        assert torch.equal(wide, wide_before)
+
+
 def test_empty_inputs_and_wrong_types():
     table = torch.tensor([[0, 1, 2, 3]], dtype=torch.int32)
     empty = torch.zeros((0, 4), dtype=torch.int32)

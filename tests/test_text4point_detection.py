@@ -127,12 +127,35 @@ def test_oriented_boxes_run_through_the_cli_with_twelve_heading_bins(tmp_path):
 
 
 def test_scannet_configs_build_and_train_one_step(scannet_root, tmp_path):
-    cli_main(["fit", "-c", "configs/text4point/detection_scannet.yaml",
-              "-c", "configs/text4point/demo_synthetic_scannet_det.yaml", "--data.root", str(scannet_root),
-              "--data.num_points", str(POINTS), "--data.voxel_size", str(VOXEL), "--trainer.max_steps", "1",
-              "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
-              "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false", "--trainer.callbacks", "[]",
-              "--data.num_workers", "0"])
+    """The ScanNet detection config + its demo overlay build VoteNet on the language-guided network over the ScanNet
+    detection data, with the configs' settings, and one training step of the fit command runs: finite losses, every
+    trainable parameter (prompt context, TQM, SR-UNet34, VoteNet head) moves, the frozen CLIP text encoder does not."""
+    cli = build_cli(["-c", "configs/text4point/detection_scannet.yaml",
+                     "-c", "configs/text4point/demo_synthetic_scannet_det.yaml", "--data.root", str(scannet_root),
+                     "--data.num_points", str(POINTS), "--data.voxel_size", str(VOXEL), "--trainer.max_steps", "1",
+                     "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+                     "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false",
+                     "--trainer.callbacks", "[]", "--data.num_workers", "0"], run=False)
+    model, data = cli.model, cli.datamodule
+    assert type(model) is Text4PointDetection and type(model.guided) is LanguageGuidedNet
+    assert type(data) is ScanNetDetectionDataModule and data.root == scannet_root
+    assert model.class_names == list(data.class_names) and len(model.class_names) == 18
+    hp = model.hparams
+    assert (hp.num_heading_bin, hp.oriented, hp.num_seed, hp.num_proposal, hp.lr) == (1, False, 256, 128, 0.003)
+    assert model.guided.net.use_tqm
+    assert (data.hparams.num_points, data.hparams.voxel_size, data.hparams.batch_size) == (POINTS, VOXEL, 2)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    cli.trainer.fit(model, datamodule=data)        # what `lightning fit` runs on the CLI's objects
+    assert cli.trainer.global_step == 1
+    losses = {k: v for k, v in cli.trainer.callback_metrics.items() if k.startswith("train/")}
+    assert {"train/loss", "train/loss_det", "train/loss_aux"} <= set(losses)
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["train/loss"] > 0
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert len(trained) > 100 and frozen and all(n.startswith("guided.text.text_encoder.") for n in frozen)
+    assert [n for n in trained if torch.equal(model.get_parameter(n), before[n])] == []
+    assert [n for n in frozen if not torch.equal(model.get_parameter(n), before[n])] == []
 
 
 def built_by_the_cli(config: str, overlay: str, root: Path, *overrides: str) -> Lang3DCLI:

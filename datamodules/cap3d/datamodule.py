@@ -190,8 +190,9 @@ class Cap3DDataModule(L.LightningDataModule):
             an error, never replaced by synthetic data.
 
     Object files: a caption whose point cloud is missing is skipped, counted in ``skipped["missing_point_cloud"]``
-    and reported with a warning (the caption files cover ~1M objects; the clouds are downloaded in parts). An
-    object with a cloud but no views is an error naming the paths looked for. Batches come from
+    and reported with a warning (the caption files cover ~1M objects; the clouds are downloaded in parts); when no
+    captioned object has a cloud, an error names the caption files and the cloud folder. An object with a cloud but
+    no views is an error naming the paths looked for. Batches come from
     ``collate_object_samples``: ``points`` [B,N,3], ``colors`` [B,N,3], ``image`` [B,H,W,3] uint8, lists
     ``caption``, ``uid``, ``view`` and the Counter ``skipped``.
     """
@@ -227,10 +228,15 @@ class Cap3DDataModule(L.LightningDataModule):
         if not self.root.is_dir():
             raise FileNotFoundError(f"Cap3D root {self.root} does not exist")
         captions: dict[str, str] = {}
-        for path in caption_files(self.root, hp.subset, hp.captions):
+        caption_paths = caption_files(self.root, hp.subset, hp.captions)
+        for path in caption_paths:
             captions.update(read_captions(path))
         objects, missing = index_objects(captions, self.root / hp.point_dir,
                                          self.root / hp.view_dir if hp.load_images else None)
+        if not objects:
+            raise FileNotFoundError(f"Cap3D: none of the {len(captions)} objects captioned in "
+                                    f"{', '.join(map(str, caption_paths))} has a point cloud (<uid>.pt or <uid>.ply) "
+                                    f"in {self.root / hp.point_dir} (e.g. {missing[0]})")
         self.skipped = Counter({"missing_point_cloud": len(missing)} if missing else {})
         if missing:
             warnings.warn(f"Cap3D: {len(missing)} of {len(captions)} captioned objects have no point cloud in "

@@ -40,8 +40,9 @@ def read_file_list(path: str | Path) -> list[Path]:
 
 
 def read_h5(path: str | Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """One shard -> (points float32 [S,P,3], labels int64 [S]). An unreadable file, a missing key, a bad shape or
-    a label outside 0..num_classes-1 is a ``ModelNet40FormatError`` naming the file (and key or index)."""
+    """One shard -> (points float32 [S,P,3], labels int64 [S], S > 0). An unreadable file, a missing key, a bad
+    shape, no shapes or a label outside 0..num_classes-1 is a ``ModelNet40FormatError`` naming the file (and key or
+    index)."""
     path = Path(path)
     try:
         f = h5py.File(path, "r")
@@ -59,6 +60,8 @@ def read_h5(path: str | Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]
         label = label[:, 0]
     if label.shape != (len(data),):
         raise ModelNet40FormatError(f"{path}: 'label' has shape {label.shape}, expected [{len(data)},1]")
+    if len(data) == 0:
+        raise ModelNet40FormatError(f"{path}: no shapes ('data' has shape {data.shape})")
     return data, check_labels(label, num_classes, f"{path} dataset 'label'")
 
 

@@ -34,7 +34,7 @@ def _row_keys(table: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, t
     def pack(coords: torch.Tensor) -> torch.Tensor:
         keys = coords[:, 0].long() - low[0]
         for i in range(1, 4):
-            keys.mul_(extents[i]).add_(coords[:, i].long().sub_(low[i]))  # stays in [0, 2^63)
+            keys.mul_(extents[i]).add_(coords[:, i].long() - low[i])  # a new tensor; stays in [0, 2^63)
         return keys
 
     return pack(table), pack(query)

@@ -14,6 +14,7 @@ gathered in (the curve is then that of the distinct score thresholds; VoteNet le
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -79,7 +80,8 @@ class ScoredMatchMetric(Metric):
     """Base of ``DetectionMAP`` and ``InstanceSegmentationMetrics``: one entry per scored prediction and IoU
     threshold that the precision / recall curve counts (score, class, threshold index, TP flag), concatenated over
     scenes and processes; ground-truth and prediction counts per class summed. A subclass adds a scene's entries
-    with ``_add_entries`` (or ``_add_greedy_scene``) and reads ``_per_class``."""
+    with ``_add_entries`` (or ``_add_greedy_scene``) and reads ``_per_class``; its ``compute`` returns the [K]
+    tensors named by ``per_class_keys``, which keep their class axis for any K (K = 1 included)."""
 
     is_differentiable = False
     higher_is_better = True
@@ -99,6 +101,28 @@ class ScoredMatchMetric(Metric):
             self.add_state(name, [], dist_reduce_fx="cat")
         self.add_state("num_gt", torch.zeros(num_classes, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("num_pred", torch.zeros(num_classes, dtype=torch.int64), dist_reduce_fx="sum")
+        self._keep_class_axis()
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)   # unpickling and deepcopy: torchmetrics wraps compute afresh
+        self._keep_class_axis()
+
+    def per_class_keys(self) -> tuple[str, ...]:
+        """Keys of ``compute()``'s per-class [K] tensors (the others are scalars)."""
+        raise NotImplementedError
+
+    def _keep_class_axis(self) -> None:
+        """torchmetrics' wrapper of ``compute`` (sync, cache) squeezes every one-element tensor of the result, so
+        with one class the per-class [1] tensors would come out 0-dim. Wrap it once more to give them back their
+        class axis [K]."""
+        synced = self.compute
+
+        @functools.wraps(synced)
+        def compute() -> dict[str, torch.Tensor]:
+            keys = self.per_class_keys()
+            return {key: value.reshape(self.num_classes) if key in keys else value
+                    for key, value in synced().items()}
+        self.compute = compute
 
     def _check_labels(self, what: str, labels: torch.Tensor) -> None:
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
@@ -153,11 +177,12 @@ class ScoredMatchMetric(Metric):
         """``compute()``'s result flattened for logging: scalars as they are, per-class [K] entries as
         ``"<key>/<class name>"`` (NaN classes left out)."""
         out = {}
+        per_class = self.per_class_keys()
         for key, value in result.items():
-            if value.dim() == 0:
-                out[key] = float(value)
-            else:
+            if key in per_class:
                 out.update({f"{key}/{name}": float(v) for name, v in zip(self.class_names, value) if not v.isnan()})
+            else:
+                out[key] = float(value)
         return out
 
 
@@ -172,6 +197,9 @@ class DetectionMAP(ScoredMatchMetric):
                  class_names: list[str] | None = None, **kwargs):
         super().__init__(num_classes, iou_thresholds, class_names, **kwargs)
         self.oriented = oriented
+
+    def per_class_keys(self) -> tuple[str, ...]:
+        return tuple(f"{what}@{t:g}" for t in self.iou_thresholds for what in ("ap", "recall"))
 
     def update(self, preds: list[dict], targets: list[dict]) -> None:
         if len(preds) != len(targets):

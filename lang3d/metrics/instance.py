@@ -123,6 +123,9 @@ class InstanceSegmentationMetrics(ScoredMatchMetric):
         self.reported = {t: next(i for i, a in enumerate(self.iou_thresholds) if math.isclose(t, a))
                          for t in REPORTED_THRESHOLDS}
 
+    def per_class_keys(self) -> tuple[str, ...]:
+        return "ap", "ap@0.5", "ap@0.25", "prec@0.5", "rec@0.5"
+
     def _ground_truth(self, gt_instance: torch.Tensor, gt_semantic: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (index [P] int64 of each point's evaluated instance, in ascending id order, -1 for void points;

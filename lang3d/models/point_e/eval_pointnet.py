@@ -13,13 +13,14 @@ Sampling and grouping as point-e computes them:
 - ball query: the ``k`` lowest point indices within ``radius`` of a centre (squared distance by the expansion
   ``-2 c·p + |c|² + |p|²``), slots left over filled with the first of them; grouped coordinates relative to the
   centre, then the previous level's features; the last level groups all points around the origin.
-- ``normalize_clouds``: centred on the mean and divided by the largest radius (point-e's ``normalize_point_clouds``);
-  ``features_and_logits`` applies it, the raw ``forward`` does not.
+- ``normalize_clouds``: centred on the mean and divided by the largest radius (point-e's ``normalize_point_clouds``,
+  with NumPy in the clouds' float32 as point-e); ``features_and_logits`` applies it, the raw ``forward`` does not.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -142,15 +143,20 @@ class PointNet2SSG(nn.Module):
 
 def normalize_clouds(points: torch.Tensor) -> torch.Tensor:
     """Point-e's ``normalize_point_clouds``: points [B,N,3] minus their mean, divided by the largest distance to
-    it (computed in float64, returned as float32). A cloud whose points all coincide is an error."""
+    it, computed as point-e computes it: with NumPy's reductions, in the clouds' own precision (float64 clouds in
+    float64, any other in float32: point-e's clouds are float32), then float32 on the input's device. Torch's
+    float32 reductions or float64 differ by ~1e-6, enough to flip near-ties of farthest-point sampling and move a
+    cloud's features (tests/data/point_e_evals). A cloud whose points all coincide is an error."""
     if points.ndim != 3 or points.shape[-1] != 3 or points.shape[1] == 0:
         raise ValueError(f"normalize_clouds expects points [B,N,3] with N > 0, got {tuple(points.shape)}")
-    centred = points.double() - points.double().mean(1, keepdim=True)
-    radius = centred.norm(dim=-1).amax(1)
-    if not bool((radius > 0).all()):
-        raise ValueError(f"normalize_clouds: clouds {torch.nonzero(radius <= 0).flatten().tolist()} have all "
-                         "points at one position (no scale)")
-    return (centred / radius[:, None, None]).float()
+    clouds = points.cpu()
+    clouds = (clouds if clouds.dtype == torch.float64 else clouds.float()).numpy()
+    centred = clouds - np.mean(clouds, axis=1, keepdims=True)
+    radius = np.max(np.sqrt(np.sum(centred ** 2, axis=-1, keepdims=True)), axis=1, keepdims=True)   # [B,1,1]
+    if not (radius > 0).all():
+        raise ValueError(f"normalize_clouds: clouds {np.flatnonzero(~(radius > 0)).tolist()} have all points at one "
+                         "position (no scale)")
+    return torch.from_numpy(centred / radius).to(device=points.device, dtype=torch.float32)
 
 
 @torch.no_grad()

@@ -54,6 +54,18 @@ def qkv_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
     return out.transpose(1, 2).reshape(b, n, heads * attn_ch)
 
 
+def add_linear_(out: torch.Tensor, x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """``out += layer(x)`` in place: out [R, out_features], x [R, in_features]; returns out.
+
+    A plain ``nn.Linear`` accumulates inside its matmul (``addmm`` with out as input and output, no [R, out]
+    temporary); any other layer (a ``LoRALinear``, whose low-rank update is part of the layer) is called.
+    """
+    if type(layer) is nn.Linear:
+        torch.addmm(out, x, layer.weight.t(), out=out)
+        return out if layer.bias is None else out.add_(layer.bias)
+    return out.add_(layer(x))
+
+
 class MultiheadAttention(nn.Module):
     """``c_qkv`` (width -> 3*width) -> per-head q|k|v attention -> ``c_proj``. [B,T,width] -> [B,T,width]."""
 
@@ -104,23 +116,22 @@ class ResidualAttentionBlock(nn.Module):
     def update_(self, x: torch.Tensor) -> torch.Tensor:
         """``forward`` in place on a contiguous x [B,T,width], without autograd (inference; not under autocast).
 
-        The projections back to the residual stream accumulate into x inside their matmuls (``addmm`` with x
-        as input and output), which saves two [B,T,width] temporaries and a pass over each. The MLP runs over
-        equal blocks of tokens whose 4·width hidden activations take at most ``MLP_BLOCK_FLOATS`` floats, so the
-        allocator reuses that memory instead of mapping (and page-faulting) fresh [B·T, 4·width] buffers; few
-        blocks, as each adds parallel regions. Returns x.
+        The projections back to the residual stream accumulate into x (``add_linear_``): plain Linear layers
+        inside their matmuls, which saves two [B,T,width] temporaries and a pass over each; LoRA-wrapped layers
+        are called, so their low-rank update counts as in ``forward``. The MLP runs over equal blocks of tokens
+        whose 4·width hidden activations take at most ``MLP_BLOCK_FLOATS`` floats, so the allocator reuses that
+        memory instead of mapping (and page-faulting) fresh [B·T, 4·width] buffers; few blocks, as each adds
+        parallel regions. Returns x.
         """
         flat = x.view(-1, x.shape[-1])
         heads = qkv_attention(self.attn.c_qkv(self.ln_1(x)), self.attn.heads).view_as(flat)
-        torch.addmm(flat, heads, self.attn.c_proj.weight.t(), out=flat).add_(self.attn.c_proj.bias)
+        add_linear_(flat, heads, self.attn.c_proj)
         normed = self.ln_2(flat)
         blocks = -(-flat.shape[0] * self.mlp.c_fc.out_features // MLP_BLOCK_FLOATS)    # ceil
         rows = max(1, -(-flat.shape[0] // max(blocks, 1)))
         for start in range(0, flat.shape[0], rows):
-            block = flat[start:start + rows]
             hidden = self.mlp.gelu(self.mlp.c_fc(normed[start:start + rows]))
-            torch.addmm(block, hidden, self.mlp.c_proj.weight.t(), out=block)
-        flat.add_(self.mlp.c_proj.bias)
+            add_linear_(flat[start:start + rows], hidden, self.mlp.c_proj)
         return x
 
 

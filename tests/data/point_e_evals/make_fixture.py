@@ -3,23 +3,33 @@ weights.
 
 Official code: https://github.com/openai/point-e at commit fc8a607c08a3ea804cc82bf1ef8628f88a3a5d2f
 (``point_e/evals/pointnet2_cls_ssg.py``, ``pointnet2_utils.py``, ``feature_extractor.py``, ``fid_is.py``,
-``npz_stream.py``). Run with a checkout of that commit on the path (its ``point_e.models.download`` is replaced by
-a stub that hands the random state dict to ``PointNetClassifier``: no download, nothing else changed):
+``npz_stream.py``). It needs only torch, numpy and scipy. Run with a checkout of that commit on the path (its
+``point_e.models.download`` is replaced by a stub that hands the random state dict to ``PointNetClassifier``: no
+download, nothing else changed):
 
     python tests/data/point_e_evals/make_fixture.py --point-e /path/to/point-e --out tests/data/point_e_evals
 
 Writes ``pointnet_keys.json`` (the full-size ``get_model(40, normal_channel=False, width_mult=2)`` state-dict keys
-and shapes, i.e. those of ``pointnet.pt``'s ``model_state_dict``), ``clouds.npz`` (raw clouds as
-``evaluate_pfid.py`` reads them) and ``official_outputs.npz`` (features and class probabilities from
-``PointNetClassifier.features_and_preds`` with ``device_batch_size=4`` on the CPU; P-FID and P-IS of seeded
-random sets from ``fid_is``). Weights come from ``random_state_dict`` (NumPy's legacy ``RandomState``, whose
-stream never changes), so the test rebuilds the same weights without storing 24 MB of them.
+and shapes, i.e. those of ``pointnet.pt``'s ``model_state_dict``) and ``official_outputs.npz``:
+
+- ``features``, ``preds``: ``PointNetClassifier.features_and_preds`` with ``device_batch_size=4`` on the CPU for the
+  10 clouds of ``random_clouds`` (mixed shapes, offsets and scales);
+- ``cube_features_{a,b}``, ``cube_preds_{a,b}``, ``cube_p_fid``, ``cube_p_is``: ``evaluate_pfid.py`` /
+  ``evaluate_pis.py``'s computation (point-e's default ``device_batch_size=64``) for the 70 clouds of
+  ``unit_cube_clouds`` split in two sets A = clouds 0-34 and B = 35-69, each streamed from its own npz file as
+  the scripts do: P-FID(A, B) and P-IS(B). Point-e normalises these float32 clouds in float32; several FPS
+  steps of these clouds are near-ties that float64 normalisation (differences ~1e-6) flips;
+- ``p_fid``, ``p_is``: P-FID and P-IS of seeded random feature sets and predictions from ``fid_is``.
+
+Weights and clouds come from NumPy's legacy ``RandomState`` (whose stream never changes), so the test rebuilds
+them from their seeds instead of storing 24 MB of weights and 0.9 MB of clouds.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -69,6 +79,11 @@ def random_clouds(seed: int = SEED + 1) -> np.ndarray:
     return np.stack(clouds).astype(np.float32)
 
 
+def unit_cube_clouds(seed: int = 2) -> np.ndarray:
+    """[70, 1024, 3] float32 clouds uniform in the unit cube (``RandomState(2).rand``)."""
+    return np.random.RandomState(seed).rand(70, NUM_POINTS, 3).astype(np.float32)
+
+
 def random_feature_sets(seed: int = SEED + 2) -> tuple[np.ndarray, np.ndarray]:
     """Two feature sets [400, 32] and [300, 32] (float64) with different means and covariances."""
     rng = np.random.RandomState(seed)
@@ -88,8 +103,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--point-e", required=True, help="checkout of openai/point-e at fc8a607c")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--scratch", default=tempfile.gettempdir(), help="folder for the npz files streamed")
     args = parser.parse_args()
-    out = Path(args.out)
+    out, scratch = Path(args.out), Path(args.scratch)
     sys.path.insert(0, args.point_e)
     import torch
 
@@ -108,17 +124,28 @@ def main() -> None:
     (out / "pointnet_keys.json").write_text("[\n" + ",\n".join(json.dumps(k) for k in keys) + "\n]\n")
     holder["state"] = {k: torch.from_numpy(v) for k, v in random_state_dict(keys).items()}
 
-    clouds = random_clouds()
-    np.savez(out / "clouds.npz", clouds)                       # arr_0, as evaluate_pfid.py reads it
-    clf = PointNetClassifier(devices=["cpu"], device_batch_size=DEVICE_BATCH_SIZE)
-    features, preds = clf.features_and_preds(NpzStreamer(str(out / "clouds.npz")))
+    def stream(clouds: np.ndarray, name: str, device_batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        path = scratch / f"{name}.npz"
+        np.savez(path, clouds)                                  # arr_0, as evaluate_pfid.py reads it
+        clf = PointNetClassifier(devices=["cpu"], device_batch_size=device_batch_size)
+        return clf.features_and_preds(NpzStreamer(str(path)))
+
+    features, preds = stream(random_clouds(), "mixed", DEVICE_BATCH_SIZE)
+    cube = unit_cube_clouds()
+    features_a, preds_a = stream(cube[:35], "cube_a", 64)
+    features_b, preds_b = stream(cube[35:], "cube_b", 64)
+    cube_p_fid = compute_statistics(features_a).frechet_distance(compute_statistics(features_b))
+    cube_p_is = compute_inception_score(preds_b)
 
     a, b = random_feature_sets()
     p_fid = compute_statistics(a).frechet_distance(compute_statistics(b))
     p_is = compute_inception_score(random_predictions())
-    np.savez(out / "official_outputs.npz", features=features, preds=preds, p_fid=np.float64(p_fid),
-             p_is=np.float64(p_is), device_batch_size=DEVICE_BATCH_SIZE)
-    print(f"features {features.shape}, preds {preds.shape}, P-FID {p_fid:.8f}, P-IS {p_is:.8f}")
+    np.savez_compressed(out / "official_outputs.npz", features=features, preds=preds, p_fid=np.float64(p_fid),
+                        p_is=np.float64(p_is), device_batch_size=DEVICE_BATCH_SIZE, cube_features_a=features_a,
+                        cube_preds_a=preds_a, cube_features_b=features_b, cube_preds_b=preds_b,
+                        cube_p_fid=np.float64(cube_p_fid), cube_p_is=np.float64(cube_p_is))
+    print(f"features {features.shape}, preds {preds.shape}, P-FID {p_fid:.8f}, P-IS {p_is:.8f}; unit-cube clouds: "
+          f"P-FID {cube_p_fid:.8f}, P-IS {cube_p_is:.8f}")
 
 
 if __name__ == "__main__":
