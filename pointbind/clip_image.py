@@ -22,6 +22,11 @@ class CLIPImageEncoder(FrozenPretrained):
         self.mean, self.std = self.preprocess_images.mean, self.preprocess_images.std
 
     @property
+    def tower(self) -> nn.Module:
+        """The module holding the weights the embeddings come from (``visual``)."""
+        return self.visual
+
+    @property
     def preprocessing(self) -> str:
         """Description of the preprocessing (part of the embedding-cache namespace)."""
         return self.preprocess_images.description

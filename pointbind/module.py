@@ -1,5 +1,6 @@
-"""Point-Bind alignment: a 3D encoder and projection trained into a frozen open_clip joint space on
-(point cloud, caption, rendered view) triplets; zero-shot classification and retrieval in that space."""
+"""Point-Bind alignment: a 3D encoder and projection trained into a frozen joint space (ImageBind's towers or an
+open_clip model) on (point cloud, caption, rendered view) triplets; zero-shot classification and retrieval in that
+space."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,16 +15,15 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from datamodules.modelnet40.prompts import prompt_names, templates
 from lang3d.metrics.retrieval import EmbeddingBank, retrieval_scores
-from lang3d.models.clip import CLIPTextEncoder, load_clip
 from lang3d.training.embedding_cache import EmbeddingCache, content_key, model_fingerprint
 from lang3d.training.empty_steps import EmptyStepsMixin
 from lang3d.training.schedules import warmup_cosine
 from lang3d.training.sync_batchnorm import rows_left_out, sync_batchnorm_under_ddp
 from lang3d.visual.tensorboard import confusion_image, log_image
 from pointbind.arithmetic import composed_retrieval
-from pointbind.clip_image import CLIPImageEncoder
 from pointbind.encoders import build_encoder
 from pointbind.head import LogitScale, ProjectionHead
+from pointbind.joint_space import load_joint_space
 from pointbind.loss import alignment_loss
 from pointbind.pretrained import load_encoder, load_release
 from pointbind.zeroshot import class_text_embeddings, topk_accuracy, zero_shot_logits
@@ -39,7 +39,11 @@ class PointBindAlignment(EmptyStepsMixin, L.LightningModule):
 
     Args:
         encoder / encoder_options: "i2pmae" or "pointbert" and its constructor arguments (``pointbind.encoders``).
-        clip_model / clip_pretrained: the frozen open_clip model of the joint space (ViT-L-14 / openai: 768-d).
+        clip_model / clip_pretrained: the frozen joint space (``pointbind.joint_space``): an open_clip model and its
+            weights (ViT-L-14 / openai: 768-d), or ImageBind's towers (``imagebind_huge``, 1024-d) and their weights
+            (tag ``imagebind_huge``, or a Point-Bind release's tag / path: its ``bind.*`` tensors; None: random).
+        modalities: the joint-space towers to load (text, image, audio; audio: ImageBind only). ImageBind reads
+            only these from its file; a zero-shot test needs text alone.
         projection_hidden / projection_dropout: the projection head (``ProjectionHead``).
         image_loss_weight: weight of the point<->image InfoNCE term (0: text only, no images needed).
         zeroshot_class_names: class names for prompts (None: the datamodule's ``prompt_names``, else ModelNet40's);
@@ -66,15 +70,16 @@ class PointBindAlignment(EmptyStepsMixin, L.LightningModule):
                  zeroshot_templates: list[str] | None = None, embedding_cache: str | None = None, lr: float = 3e-3,
                  weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.98), warmup_steps: int = 1000,
                  min_lr: float = 1e-5, retrieval_ks: tuple[int, ...] = (1, 5, 10), log_embeddings: int = 1000,
-                 projection_norm_eps: float = 1e-6, pretrained: str | None = None, encoder_init: str | None = None):
+                 projection_norm_eps: float = 1e-6, pretrained: str | None = None, encoder_init: str | None = None,
+                 modalities: tuple[str, ...] = ("text", "image")):
         super().__init__()
         self.save_hyperparameters()
-        clip, tokenizer = load_clip(clip_model, clip_pretrained)  # first: a random-init CLIP depends on the seed only
+        towers = load_joint_space(clip_model, clip_pretrained, modalities)  # first: random towers depend on the seed
         self.encoder = build_encoder(encoder, **(encoder_options or {}))
-        self.text_encoder = CLIPTextEncoder(clip, tokenizer)
-        self.image_encoder = CLIPImageEncoder(clip)
-        self.head = ProjectionHead(self.encoder.out_dim, self.text_encoder.embed_dim, projection_hidden,
-                                   projection_dropout, projection_norm_eps)
+        self.text_encoder, self.image_encoder, self.audio_encoder = (towers.get(m) for m in ("text", "image", "audio"))
+        embed_dim = next(iter(towers.values())).embed_dim
+        self.head = ProjectionHead(self.encoder.out_dim, embed_dim, projection_hidden, projection_dropout,
+                                   projection_norm_eps)
         self.logit_scale = LogitScale()
         if pretrained and encoder_init:
             raise ValueError("give model.pretrained (a whole released Point-Bind model) or model.encoder_init (a "
@@ -110,16 +115,29 @@ class PointBindAlignment(EmptyStepsMixin, L.LightningModule):
         return self.head(self.encoder(points))
 
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        """texts -> unit-norm CLIP text embeddings [n,D] on this module's device (through the disk cache)."""
-        return self._embed("text", list(texts), [content_key(t) for t in texts], self.text_encoder)
+        """texts -> unit-norm joint-space text embeddings [n,D] on this module's device (through the disk cache)."""
+        return self._embed("text", list(texts), [content_key(t) for t in texts])
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 [B,H,W,3] -> unit-norm CLIP image embeddings [B,D] (through the disk cache)."""
+        """uint8 [B,H,W,3] -> unit-norm joint-space image embeddings [B,D] (through the disk cache)."""
         keys = [content_key(image) for image in images.cpu().numpy()]
-        return self._embed("image", images, keys, self.image_encoder)
+        return self._embed("image", images, keys)
 
-    def _embed(self, kind: str, items, keys: list[str], encoder: nn.Module) -> torch.Tensor:
-        cache = self._cache(kind)
+    def embed_audio(self, clips: torch.Tensor) -> torch.Tensor:
+        """Audio clips [B,S,1,128,204] (``lang3d.models.imagebind.audio``) -> unit-norm joint-space audio embeddings
+        [B,D] (through the disk cache)."""
+        keys = [content_key(sound) for sound in clips.cpu().numpy()]
+        return self._embed("audio", clips, keys)
+
+    def _tower(self, kind: str) -> nn.Module:
+        encoder = getattr(self, f"{kind}_encoder")
+        if encoder is None:
+            raise ValueError(f"this model has no {kind} tower: add '{kind}' to model.modalities "
+                             f"(now {list(self.hparams.modalities)})")
+        return encoder
+
+    def _embed(self, kind: str, items, keys: list[str]) -> torch.Tensor:
+        encoder, cache = self._tower(kind), self._cache(kind)
         if cache is None:
             out = encoder(items)
         else:
@@ -135,10 +153,9 @@ class PointBindAlignment(EmptyStepsMixin, L.LightningModule):
         if kind not in self._caches:
             world, rank = (self.trainer.world_size, self.global_rank) if self._trainer is not None else (1, 0)
             path = Path(folder).expanduser() / f"clip_embeddings{'' if world == 1 else f'.rank{rank}'}.h5"
-            hp = self.hparams
-            tower = self.text_encoder.model if kind == "text" else self.image_encoder.visual   # the weights used
-            model = f"{hp.clip_model}|{hp.clip_pretrained}|{model_fingerprint(tower)}"
-            what = "text" if kind == "text" else f"image|{self.image_encoder.preprocessing}"
+            hp, encoder = self.hparams, self._tower(kind)
+            model = f"{hp.clip_model}|{hp.clip_pretrained}|{model_fingerprint(encoder.tower)}"   # the weights used
+            what = f"image|{encoder.preprocessing}" if kind == "image" else kind
             self._caches[kind] = EmbeddingCache(path, f"{model}|{what}")
         return self._caches[kind]
 

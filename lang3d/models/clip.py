@@ -357,6 +357,11 @@ class CLIPTextEncoder(FrozenPretrained):
             else model.text_projection.out_features
 
     @property
+    def tower(self) -> nn.Module:
+        """The module holding the weights the embeddings come from (``model``)."""
+        return self.model
+
+    @property
     def width(self) -> int:
         """Token embedding width of the text transformer."""
         return self.model.token_embedding.embedding_dim
