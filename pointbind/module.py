@@ -35,7 +35,9 @@ LOSS_TERMS = ("loss", "loss_text", "loss_image")
 class PointBindAlignment(EmptyStepsMixin, L.LightningModule):
     """Batches: alignment batches hold ``points`` [B,N,3], ``caption`` (B strings) and, when the image term is
     on, ``image`` uint8 [B,H,W,3] (``Cap3DDataModule``); zero-shot batches hold ``points`` and ``label`` [B]
-    (``ModelNet40DataModule``). Validation and test take either kind (see ``PointBindDataModule``).
+    (``ModelNet40DataModule``). Validation and test take either kind (see ``PointBindDataModule``), and sound
+    batches, ``audio`` [B,3,1,128,204] with the ``label`` of the shape class they map to: audio -> 3D retrieval
+    against the zero-shot shapes (``AudioTo3DDataModule``; logged as ``*_retrieval_classes/audio_to_3d/*``).
 
     Args:
         encoder / encoder_options: "i2pmae" or "pointbert" and its constructor arguments (``pointbind.encoders``).
@@ -91,6 +93,7 @@ class PointBindAlignment(EmptyStepsMixin, L.LightningModule):
             self.banks[f"{stage}_text"] = EmbeddingBank(("point", "text"))
             self.banks[f"{stage}_image"] = EmbeddingBank(("point", "image"))
             self.banks[f"{stage}_loss"] = EmbeddingBank(LOSS_TERMS[:3 if image_loss_weight > 0 else 2])
+            self.banks[f"{stage}_audio"] = EmbeddingBank(("audio", "label"))
         self._caches: dict[str, EmbeddingCache] = {}
         self._classes: tuple[list[str], torch.Tensor] | None = None
         self._gallery: torch.Tensor | None = None
@@ -279,6 +282,9 @@ class PointBindAlignment(EmptyStepsMixin, L.LightningModule):
 
     # ---------------------------------------------------------------- evaluation
     def _evaluate(self, stage: str, batch: dict) -> None:
+        if "audio" in batch:   # sound queries of audio -> 3D retrieval (AudioTo3DDataModule)
+            self.banks[f"{stage}_audio"].update(audio=self.embed_audio(batch["audio"]), label=batch["label"])
+            return
         if "points" not in batch:
             return
         bs = len(batch["points"])
@@ -322,11 +328,17 @@ class PointBindAlignment(EmptyStepsMixin, L.LightningModule):
                 self._log_retrieval(stage, "pairs", f"{other}_to_3d",
                                     retrieval_scores(data[other], data["point"], items, items, ks))
             bank.reset()
-        bank = self.banks[f"{stage}_zeroshot"]
-        data = bank.compute()
+        data, sounds = self.banks[f"{stage}_zeroshot"].compute(), self.banks[f"{stage}_audio"].compute()
         if data is not None:
             self._report_zeroshot(stage, data)
-        bank.reset()
+        if sounds is not None:
+            if data is None:
+                raise ValueError("audio -> 3D retrieval needs labelled shapes to retrieve (AudioTo3DDataModule's "
+                                 "gallery); the evaluation data held sounds only")
+            self._log_retrieval(stage, "classes", "audio_to_3d", retrieval_scores(
+                sounds["audio"], data["point"], sounds["label"].long(), data["label"].long(), ks))
+        self.banks[f"{stage}_zeroshot"].reset()
+        self.banks[f"{stage}_audio"].reset()
 
     def _report_zeroshot(self, stage: str, data: dict[str, torch.Tensor]) -> None:
         names, classes = self.class_embeddings()
