@@ -20,7 +20,7 @@ from lang3d.training.empty_steps import EmptyStepsMixin
 from lang3d.training.schedules import warmup_cosine
 from lang3d.training.sync_batchnorm import rows_left_out, sync_batchnorm_under_ddp
 from lang3d.visual.tensorboard import confusion_image, log_image
-from pointbind.arithmetic import composed_retrieval
+from pointbind.arithmetic import composed_retrieval, nearest
 from pointbind.encoders import build_encoder
 from pointbind.head import LogitScale, ProjectionHead
 from pointbind.joint_space import load_joint_space
@@ -198,9 +198,10 @@ class PointBindAlignment(EmptyStepsMixin, L.LightningModule):
 
     # ---------------------------------------------------------------- embedding arithmetic (predict)
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        """One query of ``ArithmeticQueriesDataModule``: compose its 3D embedding with its text or image embedding
-        with the batch's ``weights`` and rank the batch's gallery (embedded once per predict epoch); returns the
-        query with its ``k`` nearest items (``pointbind.writers`` writes them)."""
+        """One query of ``ArithmeticQueriesDataModule``: its embedding (a point cloud, text, image or sound; or a
+        point cloud's composed with one of the others with the batch's ``weights``) ranks the batch's gallery
+        (embedded once per predict epoch); returns the query with its ``k`` nearest items (``pointbind.writers``
+        writes them)."""
         gallery = batch["gallery"]
         if self._gallery is None:
             parts = []
@@ -208,14 +209,23 @@ class PointBindAlignment(EmptyStepsMixin, L.LightningModule):
                 parts.append(self.embed_texts(gallery["texts"]))
             if gallery["images"] is not None:
                 parts.append(self.embed_images(gallery["images"].to(self.device)))
+            if gallery["points"] is not None:
+                parts.append(torch.cat([self(chunk.to(self.device)) for chunk in gallery["points"].split(16)]))
             self._gallery = torch.cat(parts)
         query = batch["query"]
-        other = (self.embed_texts([query["text"]]) if "text" in query
-                 else self.embed_images(batch["image"].to(self.device)))
-        scores, index = composed_retrieval(self(batch["points"].to(self.device)), other, self._gallery, batch["k"],
-                                           batch["weights"])
-        items = gallery["items"]
-        return {**query, "nearest": [{"item": items[i], "score": round(float(s), 6)}
+        embeddings = [self(batch["points"].to(self.device))] if "points" in batch else []
+        if "text" in query:
+            embeddings.append(self.embed_texts([query["text"]]))
+        elif "image" in batch:
+            embeddings.append(self.embed_images(batch["image"].to(self.device)))
+        elif "audio" in batch:
+            embeddings.append(self.embed_audio(batch["audio"]))
+        if len(embeddings) == 2:
+            scores, index = composed_retrieval(*embeddings, self._gallery, batch["k"], batch["weights"])
+        else:
+            scores, index = nearest(embeddings[0], self._gallery, batch["k"])
+        items, kinds = gallery["items"], gallery["kinds"]
+        return {**query, "nearest": [{"item": items[i], "kind": kinds[i], "score": round(float(s), 6)}
                                      for s, i in zip(scores[0].tolist(), index[0].tolist())]}
 
     def on_predict_epoch_start(self) -> None:
