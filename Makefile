@@ -169,7 +169,8 @@ endif
 $(SYNTHETIC_ESC50)/meta/esc50.csv: | $(STAMP)
 	$(PY) -m datamodules.synthetic.esc50 --out $(SYNTHETIC_ESC50) --clips-per-class 2 --sample-rate 16000
 
-POINTBIND_ESC50 := -c configs/pointbind_zeroshot.yaml -c configs/pointbind_imagebind.yaml -c configs/pointbind_esc50.yaml
+POINTBIND_ESC50 := -c configs/pointbind_zeroshot.yaml -c configs/pointbind_imagebind.yaml \
+	-c configs/pointbind_esc50.yaml
 ifeq ($(strip $(ESC50)$(MODELNET40)),)
 pointbind-audio: $(STAMP) $(SYNTHETIC_MODELNET40)/modelnet40_normal_resampled $(SYNTHETIC_ESC50)/meta/esc50.csv
 	@echo "No ESC50 / MODELNET40 given: Point-Bind audio demo on built-in synthetic sounds and shapes, tiny random towers."

@@ -2,7 +2,7 @@
 a counted skip. Two classes are tested where their pipeline is: a NaN pose and an all-zero depth map (counted
 skips, test_text4point_pretrain.py::test_invalid_pose_and_empty_depth_are_skipped_and_counted) and an unknown
 config key (test_text4point_pretrain.py::test_cli_rejects_a_wrong_config_key). Audio beyond a corrupt file
-(truncated, empty, silent, non-finite, shorter than a clip) is in test_audio.py::test_unusable_audio_gets_a_named_error."""
+(truncated, empty, silent, non-finite, shorter than a clip): test_audio.py::test_unusable_audio_gets_a_named_error."""
 import shutil
 
 import numpy as np

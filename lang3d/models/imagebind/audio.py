@@ -7,9 +7,9 @@
    them), and covers samples [int(start·16000), int((start + 2)·16000)).
 3. Per clip, in order: subtract the clip's mean from the waveform in place (the official code does it on a view of
    the sound, so a clip overlapping an earlier one starts from samples that already lost that clip's mean; kept,
-   as it changes the spectrograms by up to ~1e-2), then Kaldi filterbanks (``torchaudio.compliance.kaldi.fbank``: 25 ms Hanning
-   windows every 10 ms, 128 mel bins, no dither, no energy, HTK-compatible), transposed to [128, frames] and
-   zero-padded or cut to 204 frames.
+   as it changes the spectrograms by up to ~1e-2), then Kaldi filterbanks (``torchaudio.compliance.kaldi.fbank``:
+   25 ms Hanning windows every 10 ms, 128 mel bins, no dither, no energy, HTK-compatible), transposed to
+   [128, frames] and zero-padded or cut to 204 frames.
 4. Normalise with ImageBind's mean −4.268 and standard deviation 9.138.
 
 Stereo and other channel counts: as the official loader, the mean over all channels is subtracted and the first
