@@ -23,8 +23,9 @@ IMAGEBIND_TOWER = {"text": "text", "image": "vision", "audio": "audio"}   # this
 def check_modalities(modalities: Sequence[str], model: str) -> list[str]:
     """``modalities`` (no repeats) after checking each one is known and, for audio, that ``model`` has the tower."""
     unknown = [m for m in modalities if m not in MODALITIES]
-    if unknown:
-        raise ValueError(f"unknown joint-space modality {unknown} (known: {', '.join(MODALITIES)})")
+    if unknown or not modalities:
+        raise ValueError(f"unknown joint-space modality {unknown or list(modalities)} (known: "
+                         f"{', '.join(MODALITIES)})")
     if "audio" in modalities and not is_imagebind(model):
         raise ValueError(f"the audio tower is ImageBind's: model.clip_model '{model}' has none (use imagebind_huge, "
                          "configs/pointbind_imagebind.yaml)")

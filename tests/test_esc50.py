@@ -76,6 +76,23 @@ def test_bad_layouts_name_the_file(esc50, tmp_path):
         ESC50DataModule(str(esc50), test_folds=[0])
 
 
+def test_class_map_names_must_exist_on_both_sides(esc50, tmp_path):
+    from pointbind.data import AudioTo3DDataModule, DataSettingsError
+
+    generate_modelnet40(tmp_path / "mn40", classes=("door",), train_per_class=0, test_per_class=1, points=64,
+                        formats=("resampled",))
+    gallery = {"class_path": "datamodules.modelnet40.ModelNet40DataModule",
+               "init_args": {"root": str(tmp_path / "mn40"), "num_points": 64, "num_workers": 0}}
+    queries = {"class_path": "datamodules.esc50.ESC50DataModule", "init_args": {"root": str(esc50), "num_workers": 0}}
+    with pytest.raises(DataSettingsError, match=r"data.class_map maps onto \['spaceship'\], not classes of the gallery"):
+        AudioTo3DDataModule(gallery, queries, {"door_wood_knock": "spaceship"}).setup("test")
+    with pytest.raises(ESC50FormatError, match=r"has no category \['door_bell'\]"):
+        AudioTo3DDataModule(gallery, queries, {"door_bell": "door"}).setup("test")
+    data = AudioTo3DDataModule(gallery, queries, {"door_wood_knock": "door"})
+    data.setup("test")
+    assert data.queries.hparams.labels == {"door_wood_knock": MODELNET40_CLASSES.index("door")}
+
+
 def test_class_map_is_of_real_classes():
     assert set(CLASS_MAP) <= set(ESC50_CATEGORIES) and set(CLASS_MAP.values()) <= set(MODELNET40_CLASSES)
     assert {"airplane": "airplane", "car_horn": "car", "toilet_flush": "toilet", "door_wood_knock": "door",

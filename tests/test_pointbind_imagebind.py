@@ -64,5 +64,7 @@ def test_towers_not_asked_for_are_absent_and_named_when_needed():
         model.embed_images(torch.zeros(1, 8, 8, 3, dtype=torch.uint8))
     with pytest.raises(ValueError, match="unknown joint-space modality \\['sound'\\]"):
         module(modalities=["text", "sound"])
+    with pytest.raises(ValueError, match=r"unknown joint-space modality \[\]"):
+        module(modalities=[])
     with pytest.raises(ValueError, match="audio tower is ImageBind's: model.clip_model 'lang3d-tiny-ViT' has none"):
         module(clip_model="lang3d-tiny-ViT", clip_pretrained=None, modalities=["text", "audio"])

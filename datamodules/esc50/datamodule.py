@@ -94,8 +94,8 @@ class ESC50DataModule(L.LightningDataModule):
         return self.datasets[split]
 
     def setup(self, stage: str) -> None:
-        for split in ("train",) if stage == "fit" else ():
-            self.dataset(split)
+        if stage == "fit":
+            self.dataset("train")
         self.dataset("test")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
