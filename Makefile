@@ -16,8 +16,11 @@
 #                              models as shipped; see its header for a real run), ARGS=... for overrides
 #   make pointbind             Point-Bind alignment then ModelNet40 zero-shot test; CAP3D=/path MODELNET40=/path for
 #                              real data, otherwise a demo on built-in synthetic objects (tiny random CLIP)
+#   make pointbind-audio       Point-Bind audio -> 3D retrieval on ESC-50 (ImageBind's space, the released model);
+#                              ESC50=/path MODELNET40=/path for real data, otherwise a demo on built-in synthetic
+#                              sounds and shapes (tiny random towers), then retrieval / arithmetic on given files
 #   make demo                  every pipeline briefly on built-in synthetic data (pre-train -> fine-tune, Point-Bind
-#                              -> zero-shot, SEPE -> sample), all logging under runs/
+#                              -> zero-shot, Point-Bind audio, SEPE -> sample), all logging under runs/
 #   make benchmark (or bench)  every script in benchmarks/, then one summary table in runs/benchmarks/summary.md
 #   make gpu-bundle            the folder gpu-bundle/ the GPU machine's check installs from (MinkowskiEngine CUDA
 #                              wheel, the wheels that machine lacks, OpenBLAS); at most 40 MiB
@@ -38,13 +41,15 @@ DEMO_PRETRAIN_CKPT := runs/text4point_pretrain_demo/checkpoints/last.ckpt
 CAP3D ?=
 MODELNET40 ?=
 SYNTHETIC_MODELNET40 ?= data/synthetic/modelnet40
+ESC50 ?=
+SYNTHETIC_ESC50 ?= data/synthetic/esc50
 SCANNET_DET ?=
 SYNTHETIC_SCANNET_DET ?= data/synthetic/scannet_detection
 SUNRGBD ?=
 SYNTHETIC_SUNRGBD ?= data/synthetic/sunrgbd
 ARGS ?=
 
-.PHONY: install test test-full check-learning pretrain-text4point finetune-s3dis finetune-s3dis-ins finetune-scannet-det finetune-sunrgbd-det sepe pointbind demo benchmark bench synthetic-scannet synthetic-s3dis clean-venv gpu-bundle gpu-rehearsal gpu-check check-cuda-build
+.PHONY: install test test-full check-learning pretrain-text4point finetune-s3dis finetune-s3dis-ins finetune-scannet-det finetune-sunrgbd-det sepe pointbind pointbind-audio demo benchmark bench synthetic-scannet synthetic-s3dis clean-venv gpu-bundle gpu-rehearsal gpu-check check-cuda-build
 
 install: $(STAMP)
 
@@ -164,10 +169,28 @@ pointbind: $(STAMP)
 		--ckpt_path runs/pointbind/checkpoints/last.ckpt
 endif
 
+$(SYNTHETIC_ESC50)/meta/esc50.csv: | $(STAMP)
+	$(PY) -m datamodules.synthetic.esc50 --out $(SYNTHETIC_ESC50) --clips-per-class 2 --sample-rate 16000
+
+POINTBIND_ESC50 := -c configs/pointbind_zeroshot.yaml -c configs/pointbind_imagebind.yaml \
+	-c configs/pointbind_esc50.yaml
+ifeq ($(strip $(ESC50)$(MODELNET40)),)
+pointbind-audio: $(STAMP) $(SYNTHETIC_MODELNET40)/modelnet40_normal_resampled $(SYNTHETIC_ESC50)/meta/esc50.csv
+	@echo "No ESC50 / MODELNET40 given: Point-Bind audio demo on built-in synthetic sounds and shapes, tiny random towers."
+	$(PY) -m lang3d test $(POINTBIND_ESC50) -c configs/pointbind_esc50_demo.yaml $(ARGS)
+	$(PY) -m lang3d predict -c configs/pointbind.yaml -c configs/pointbind_imagebind.yaml \
+		-c configs/pointbind_audio.yaml -c configs/pointbind_audio_demo.yaml
+else
+pointbind-audio: $(STAMP)
+	$(PY) -m lang3d test $(POINTBIND_ESC50) --data.init_args.gallery.init_args.root $(MODELNET40) \
+		--data.init_args.queries.init_args.root $(ESC50) $(ARGS)
+endif
+
 demo: $(STAMP)
 	$(MAKE) pretrain-text4point SCANNET=
 	$(MAKE) finetune-s3dis S3DIS= CKPT=
 	$(MAKE) pointbind CAP3D= MODELNET40=
+	$(MAKE) pointbind-audio ESC50= MODELNET40=
 	$(MAKE) sepe
 	$(PY) -m lang3d predict -c configs/sepe_sample.yaml \
 		--ckpt_path runs/sepe/checkpoints/last.ckpt --data.steps 16

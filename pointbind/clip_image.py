@@ -17,9 +17,14 @@ class CLIPImageEncoder(FrozenPretrained):
         if not hasattr(model, "encode_image") or not hasattr(model, "visual"):
             raise TypeError(f"CLIPImageEncoder needs an open_clip CLIP model, got {type(model).__name__}")
         super().__init__(visual=model.visual)
-        self.preprocess_images = CLIPImagePreprocess(model.visual)
+        self.preprocess_images = CLIPImagePreprocess(model.visual.preprocess_cfg)
         self.image_size = self.preprocess_images.image_size
         self.mean, self.std = self.preprocess_images.mean, self.preprocess_images.std
+
+    @property
+    def tower(self) -> nn.Module:
+        """The module holding the weights the embeddings come from (``visual``)."""
+        return self.visual
 
     @property
     def preprocessing(self) -> str:

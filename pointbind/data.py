@@ -112,3 +112,70 @@ class PointBindDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return (self.zeroshot or self.alignment).test_dataloader()
+
+
+class AudioTo3DDataModule(L.LightningDataModule):
+    """Audio -> 3D retrieval (test): a labelled shape gallery and sound queries whose classes map onto its classes.
+
+    Args:
+        gallery: settings of a datamodule of labelled shapes, e.g. ``ModelNet40DataModule`` (its test split; its
+            ``class_names`` after ``setup``).
+        queries: settings of ``ESC50DataModule`` (its test folds); ``labels`` is set here from ``class_map``.
+        class_map: {sound category: gallery class name}, e.g. {car_horn: car}: the query classes, each relevant to
+            the gallery shapes of its class (configs/pointbind_esc50.yaml holds ESC-50 -> ModelNet40). An unknown
+            name on either side is an error naming it.
+
+    ``test_dataloader`` (and ``val_dataloader``): [gallery, queries]. ``PointBindAlignment`` scores the queries'
+    retrieval of their class's shapes (R@k, mAP) and, from the gallery alone, zero-shot classification.
+    """
+
+    def __init__(self, gallery: DataModuleSettings, queries: DataModuleSettings, class_map: dict[str, str]):
+        super().__init__()
+        if not class_map:
+            raise DataSettingsError("data.class_map is empty: map at least one sound category to a gallery class")
+        _check_settings("gallery", gallery)
+        _check_settings("queries", queries)
+        self.save_hyperparameters()
+        self._gallery: L.LightningDataModule | None = None
+        self._queries: L.LightningDataModule | None = None
+
+    @property
+    def gallery(self) -> L.LightningDataModule:
+        if self._gallery is None:
+            settings = self.hparams.gallery
+            self._gallery = _check_settings("gallery", settings)(**settings_arguments(settings))
+        self._gallery.trainer = self.trainer
+        return self._gallery
+
+    @property
+    def queries(self) -> L.LightningDataModule:
+        """The sound datamodule, its ``labels`` the gallery's indices of ``class_map``'s classes (after the
+        gallery's ``setup``)."""
+        if self._queries is None:
+            names = list(getattr(self.gallery, "class_names", None) or [])
+            unknown = sorted({c for c in self.hparams.class_map.values() if c not in names})
+            if unknown:
+                raise DataSettingsError(f"data.class_map maps onto {unknown}, not classes of the gallery (it has: "
+                                        f"{', '.join(names) or 'none; set it up first'})")
+            labels = {sound: names.index(shape) for sound, shape in self.hparams.class_map.items()}
+            settings = self.hparams.queries
+            self._queries = _check_settings("queries", settings)(**{**settings_arguments(settings), "labels": labels})
+        self._queries.trainer = self.trainer
+        return self._queries
+
+    @property
+    def prompt_names(self) -> list[str] | None:
+        return getattr(self.gallery, "prompt_names", None) or None
+
+    def prepare_data(self) -> None:
+        self.gallery.prepare_data()
+
+    def setup(self, stage: str) -> None:
+        self.gallery.setup("test")
+        self.queries.setup("test")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self.gallery.test_dataloader(), self.queries.test_dataloader()]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self.test_dataloader()

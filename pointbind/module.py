@@ -1,5 +1,6 @@
-"""Point-Bind alignment: a 3D encoder and projection trained into a frozen open_clip joint space on
-(point cloud, caption, rendered view) triplets; zero-shot classification and retrieval in that space."""
+"""Point-Bind alignment: a 3D encoder and projection trained into a frozen joint space (ImageBind's towers or an
+open_clip model) on (point cloud, caption, rendered view) triplets; zero-shot classification and retrieval in that
+space."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,16 +15,15 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from datamodules.modelnet40.prompts import prompt_names, templates
 from lang3d.metrics.retrieval import EmbeddingBank, retrieval_scores
-from lang3d.models.clip import CLIPTextEncoder, load_clip
 from lang3d.training.embedding_cache import EmbeddingCache, content_key, model_fingerprint
 from lang3d.training.empty_steps import EmptyStepsMixin
 from lang3d.training.schedules import warmup_cosine
 from lang3d.training.sync_batchnorm import rows_left_out, sync_batchnorm_under_ddp
 from lang3d.visual.tensorboard import confusion_image, log_image
-from pointbind.arithmetic import composed_retrieval
-from pointbind.clip_image import CLIPImageEncoder
+from pointbind.arithmetic import composed_retrieval, nearest
 from pointbind.encoders import build_encoder
 from pointbind.head import LogitScale, ProjectionHead
+from pointbind.joint_space import load_joint_space
 from pointbind.loss import alignment_loss
 from pointbind.pretrained import load_encoder, load_release
 from pointbind.zeroshot import class_text_embeddings, topk_accuracy, zero_shot_logits
@@ -35,11 +35,17 @@ LOSS_TERMS = ("loss", "loss_text", "loss_image")
 class PointBindAlignment(EmptyStepsMixin, L.LightningModule):
     """Batches: alignment batches hold ``points`` [B,N,3], ``caption`` (B strings) and, when the image term is
     on, ``image`` uint8 [B,H,W,3] (``Cap3DDataModule``); zero-shot batches hold ``points`` and ``label`` [B]
-    (``ModelNet40DataModule``). Validation and test take either kind (see ``PointBindDataModule``).
+    (``ModelNet40DataModule``). Validation and test take either kind (see ``PointBindDataModule``), and sound
+    batches, ``audio`` [B,3,1,128,204] with the ``label`` of the shape class they map to: audio -> 3D retrieval
+    against the zero-shot shapes (``AudioTo3DDataModule``; logged as ``*_retrieval_classes/audio_to_3d/*``).
 
     Args:
         encoder / encoder_options: "i2pmae" or "pointbert" and its constructor arguments (``pointbind.encoders``).
-        clip_model / clip_pretrained: the frozen open_clip model of the joint space (ViT-L-14 / openai: 768-d).
+        clip_model / clip_pretrained: the frozen joint space (``pointbind.joint_space``): an open_clip model and its
+            weights (ViT-L-14 / openai: 768-d), or ImageBind's towers (``imagebind_huge``, 1024-d) and their weights
+            (tag ``imagebind_huge``, or a Point-Bind release's tag / path: its ``bind.*`` tensors; None: random).
+        modalities: the joint-space towers to load (text, image, audio; audio: ImageBind only). ImageBind reads
+            only these from its file; a zero-shot test needs text alone.
         projection_hidden / projection_dropout: the projection head (``ProjectionHead``).
         image_loss_weight: weight of the point<->image InfoNCE term (0: text only, no images needed).
         zeroshot_class_names: class names for prompts (None: the datamodule's ``prompt_names``, else ModelNet40's);
@@ -66,15 +72,16 @@ class PointBindAlignment(EmptyStepsMixin, L.LightningModule):
                  zeroshot_templates: list[str] | None = None, embedding_cache: str | None = None, lr: float = 3e-3,
                  weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.98), warmup_steps: int = 1000,
                  min_lr: float = 1e-5, retrieval_ks: tuple[int, ...] = (1, 5, 10), log_embeddings: int = 1000,
-                 projection_norm_eps: float = 1e-6, pretrained: str | None = None, encoder_init: str | None = None):
+                 projection_norm_eps: float = 1e-6, pretrained: str | None = None, encoder_init: str | None = None,
+                 modalities: tuple[str, ...] = ("text", "image")):
         super().__init__()
         self.save_hyperparameters()
-        clip, tokenizer = load_clip(clip_model, clip_pretrained)  # first: a random-init CLIP depends on the seed only
+        towers = load_joint_space(clip_model, clip_pretrained, modalities)  # first: random towers depend on the seed
         self.encoder = build_encoder(encoder, **(encoder_options or {}))
-        self.text_encoder = CLIPTextEncoder(clip, tokenizer)
-        self.image_encoder = CLIPImageEncoder(clip)
-        self.head = ProjectionHead(self.encoder.out_dim, self.text_encoder.embed_dim, projection_hidden,
-                                   projection_dropout, projection_norm_eps)
+        self.text_encoder, self.image_encoder, self.audio_encoder = (towers.get(m) for m in ("text", "image", "audio"))
+        embed_dim = next(iter(towers.values())).embed_dim
+        self.head = ProjectionHead(self.encoder.out_dim, embed_dim, projection_hidden, projection_dropout,
+                                   projection_norm_eps)
         self.logit_scale = LogitScale()
         if pretrained and encoder_init:
             raise ValueError("give model.pretrained (a whole released Point-Bind model) or model.encoder_init (a "
@@ -86,6 +93,7 @@ class PointBindAlignment(EmptyStepsMixin, L.LightningModule):
             self.banks[f"{stage}_text"] = EmbeddingBank(("point", "text"))
             self.banks[f"{stage}_image"] = EmbeddingBank(("point", "image"))
             self.banks[f"{stage}_loss"] = EmbeddingBank(LOSS_TERMS[:3 if image_loss_weight > 0 else 2])
+            self.banks[f"{stage}_audio"] = EmbeddingBank(("audio", "label"))
         self._caches: dict[str, EmbeddingCache] = {}
         self._classes: tuple[list[str], torch.Tensor] | None = None
         self._gallery: torch.Tensor | None = None
@@ -110,16 +118,29 @@ class PointBindAlignment(EmptyStepsMixin, L.LightningModule):
         return self.head(self.encoder(points))
 
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        """texts -> unit-norm CLIP text embeddings [n,D] on this module's device (through the disk cache)."""
-        return self._embed("text", list(texts), [content_key(t) for t in texts], self.text_encoder)
+        """texts -> unit-norm joint-space text embeddings [n,D] on this module's device (through the disk cache)."""
+        return self._embed("text", list(texts), [content_key(t) for t in texts])
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 [B,H,W,3] -> unit-norm CLIP image embeddings [B,D] (through the disk cache)."""
+        """uint8 [B,H,W,3] -> unit-norm joint-space image embeddings [B,D] (through the disk cache)."""
         keys = [content_key(image) for image in images.cpu().numpy()]
-        return self._embed("image", images, keys, self.image_encoder)
+        return self._embed("image", images, keys)
 
-    def _embed(self, kind: str, items, keys: list[str], encoder: nn.Module) -> torch.Tensor:
-        cache = self._cache(kind)
+    def embed_audio(self, clips: torch.Tensor) -> torch.Tensor:
+        """Audio clips [B,S,1,128,204] (``lang3d.models.imagebind.audio``) -> unit-norm joint-space audio embeddings
+        [B,D] (through the disk cache)."""
+        keys = [content_key(sound) for sound in clips.cpu().numpy()]
+        return self._embed("audio", clips, keys)
+
+    def _tower(self, kind: str) -> nn.Module:
+        encoder = getattr(self, f"{kind}_encoder")
+        if encoder is None:
+            raise ValueError(f"this model has no {kind} tower: add '{kind}' to model.modalities "
+                             f"(now {list(self.hparams.modalities)})")
+        return encoder
+
+    def _embed(self, kind: str, items, keys: list[str]) -> torch.Tensor:
+        encoder, cache = self._tower(kind), self._cache(kind)
         if cache is None:
             out = encoder(items)
         else:
@@ -135,10 +156,9 @@ class PointBindAlignment(EmptyStepsMixin, L.LightningModule):
         if kind not in self._caches:
             world, rank = (self.trainer.world_size, self.global_rank) if self._trainer is not None else (1, 0)
             path = Path(folder).expanduser() / f"clip_embeddings{'' if world == 1 else f'.rank{rank}'}.h5"
-            hp = self.hparams
-            tower = self.text_encoder.model if kind == "text" else self.image_encoder.visual   # the weights used
-            model = f"{hp.clip_model}|{hp.clip_pretrained}|{model_fingerprint(tower)}"
-            what = "text" if kind == "text" else f"image|{self.image_encoder.preprocessing}"
+            hp, encoder = self.hparams, self._tower(kind)
+            model = f"{hp.clip_model}|{hp.clip_pretrained}|{model_fingerprint(encoder.tower)}"   # the weights used
+            what = f"image|{encoder.preprocessing}" if kind == "image" else kind
             self._caches[kind] = EmbeddingCache(path, f"{model}|{what}")
         return self._caches[kind]
 
@@ -178,9 +198,10 @@ class PointBindAlignment(EmptyStepsMixin, L.LightningModule):
 
     # ---------------------------------------------------------------- embedding arithmetic (predict)
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        """One query of ``ArithmeticQueriesDataModule``: compose its 3D embedding with its text or image embedding
-        with the batch's ``weights`` and rank the batch's gallery (embedded once per predict epoch); returns the
-        query with its ``k`` nearest items (``pointbind.writers`` writes them)."""
+        """One query of ``ArithmeticQueriesDataModule``: its embedding (a point cloud, text, image or sound; or a
+        point cloud's composed with one of the others with the batch's ``weights``) ranks the batch's gallery
+        (embedded once per predict epoch); returns the query with its ``k`` nearest items (``pointbind.writers``
+        writes them)."""
         gallery = batch["gallery"]
         if self._gallery is None:
             parts = []
@@ -188,14 +209,23 @@ class PointBindAlignment(EmptyStepsMixin, L.LightningModule):
                 parts.append(self.embed_texts(gallery["texts"]))
             if gallery["images"] is not None:
                 parts.append(self.embed_images(gallery["images"].to(self.device)))
+            if gallery["points"] is not None:
+                parts.append(torch.cat([self(chunk.to(self.device)) for chunk in gallery["points"].split(16)]))
             self._gallery = torch.cat(parts)
         query = batch["query"]
-        other = (self.embed_texts([query["text"]]) if "text" in query
-                 else self.embed_images(batch["image"].to(self.device)))
-        scores, index = composed_retrieval(self(batch["points"].to(self.device)), other, self._gallery, batch["k"],
-                                           batch["weights"])
-        items = gallery["items"]
-        return {**query, "nearest": [{"item": items[i], "score": round(float(s), 6)}
+        embeddings = [self(batch["points"].to(self.device))] if "points" in batch else []
+        if "text" in query:
+            embeddings.append(self.embed_texts([query["text"]]))
+        elif "image" in batch:
+            embeddings.append(self.embed_images(batch["image"].to(self.device)))
+        elif "audio" in batch:
+            embeddings.append(self.embed_audio(batch["audio"]))
+        if len(embeddings) == 2:
+            scores, index = composed_retrieval(*embeddings, self._gallery, batch["k"], batch["weights"])
+        else:
+            scores, index = nearest(embeddings[0], self._gallery, batch["k"])
+        items, kinds = gallery["items"], gallery["kinds"]
+        return {**query, "nearest": [{"item": items[i], "kind": kinds[i], "score": round(float(s), 6)}
                                      for s, i in zip(scores[0].tolist(), index[0].tolist())]}
 
     def on_predict_epoch_start(self) -> None:
@@ -262,6 +292,9 @@ class PointBindAlignment(EmptyStepsMixin, L.LightningModule):
 
     # ---------------------------------------------------------------- evaluation
     def _evaluate(self, stage: str, batch: dict) -> None:
+        if "audio" in batch:   # sound queries of audio -> 3D retrieval (AudioTo3DDataModule)
+            self.banks[f"{stage}_audio"].update(audio=self.embed_audio(batch["audio"]), label=batch["label"])
+            return
         if "points" not in batch:
             return
         bs = len(batch["points"])
@@ -305,11 +338,17 @@ class PointBindAlignment(EmptyStepsMixin, L.LightningModule):
                 self._log_retrieval(stage, "pairs", f"{other}_to_3d",
                                     retrieval_scores(data[other], data["point"], items, items, ks))
             bank.reset()
-        bank = self.banks[f"{stage}_zeroshot"]
-        data = bank.compute()
+        data, sounds = self.banks[f"{stage}_zeroshot"].compute(), self.banks[f"{stage}_audio"].compute()
         if data is not None:
             self._report_zeroshot(stage, data)
-        bank.reset()
+        if sounds is not None:
+            if data is None:
+                raise ValueError("audio -> 3D retrieval needs labelled shapes to retrieve (AudioTo3DDataModule's "
+                                 "gallery); the evaluation data held sounds only")
+            self._log_retrieval(stage, "classes", "audio_to_3d", retrieval_scores(
+                sounds["audio"], data["point"], sounds["label"].long(), data["label"].long(), ks))
+        self.banks[f"{stage}_zeroshot"].reset()
+        self.banks[f"{stage}_audio"].reset()
 
     def _report_zeroshot(self, stage: str, data: dict[str, torch.Tensor]) -> None:
         names, classes = self.class_embeddings()

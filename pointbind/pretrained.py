@@ -32,7 +32,7 @@ def load_release(parts: dict[str, nn.Module], encoder_name: str, source: str) ->
         raise CheckpointMismatchError(
             f"{conversion.source}: tensor 'head.out.weight' projects into a {embed}-d space, the model's joint space "
             f"(model.clip_model) is {expected}-d. The released Point-Bind models live in ImageBind-Huge's space: "
-            "use configs/pointbind_imagebind.yaml (open_clip ViT-H-14 / laion2b_s32b_b79k, 1024-d)")
+            "use configs/pointbind_imagebind.yaml (ImageBind's towers, imagebind_huge, 1024-d)")
     report = load_tensors(nn.ModuleDict(parts), conversion.state, conversion.source,
                           initialised=conversion.initialised)
     return conversion, report

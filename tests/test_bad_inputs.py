@@ -1,7 +1,8 @@
 """A catalogue of bad inputs, one case per class: each gives an error that names the file (and what is wrong) or
 a counted skip. Two classes are tested where their pipeline is: a NaN pose and an all-zero depth map (counted
 skips, test_text4point_pretrain.py::test_invalid_pose_and_empty_depth_are_skipped_and_counted) and an unknown
-config key (test_text4point_pretrain.py::test_cli_rejects_a_wrong_config_key)."""
+config key (test_text4point_pretrain.py::test_cli_rejects_a_wrong_config_key). Audio beyond a corrupt file
+(truncated, empty, silent, non-finite, shorter than a clip): test_audio.py::test_unusable_audio_gets_a_named_error."""
 import shutil
 
 import numpy as np
@@ -15,6 +16,7 @@ from datamodules.s3dis.rooms import load_room
 from datamodules.scannet.meta import read_split
 from datamodules.scannet.scene import ExportedScene
 from datamodules.scannet.sens import SensFile
+from lang3d.data.audio_files import read_audio
 from lang3d.data.object_samples import check_cloud
 from lang3d.training.checkpoint import load_pretrained_weights
 
@@ -29,6 +31,7 @@ def garbage(path, data=b"\x00\x01 not this format \xff"):
     ("room.npz", load_room),
     ("shapes.h5", lambda p: read_h5(p, 40)),
     ("scene.sens", SensFile),
+    ("sound.wav", read_audio),
 ])
 def test_corrupt_file_is_a_named_error(tmp_path, name, read):
     path = garbage(tmp_path / name)

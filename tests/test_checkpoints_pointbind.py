@@ -16,15 +16,19 @@ from torch import nn
 
 from datamodules.cap3d import Cap3DDataModule
 from datamodules.modelnet40 import ModelNet40DataModule
+from datamodules.modelnet40.prompts import templates
 from datamodules.synthetic.cap3d import generate_cap3d
 from datamodules.synthetic.modelnet40 import generate_modelnet40
 from lang3d.convert import KINDS, ConversionError, read_checkpoint, resolve
+from lang3d.models.imagebind import ImageBindTextEncoder, load_towers
 from lang3d.training.checkpoint import CheckpointMismatchError, UnsafeCheckpointError, safe_load
+from lang3d.training.cli import build_cli
 from lang3d.training.cli import main as cli_main
 from pointbind.encoders import build_encoder
 from pointbind.head import LogitScale, ProjectionHead
 from pointbind.module import PointBindAlignment
 from pointbind.pretrained import load_encoder, load_release
+from pointbind.zeroshot import class_text_embeddings
 
 DATA = Path(__file__).parent / "data" / "pointbind_official"
 GOLDEN = torch.load(DATA / "golden.pt", weights_only=True)
@@ -219,12 +223,25 @@ def test_module_embeds_points_as_the_released_model():
         small_module(pretrained="pointbind_i2pmae", encoder_init="i2pmae_pretrain")
 
 
+def release_with_towers(path: Path) -> Path:
+    """The small I2P-MAE release with tiny ImageBind towers (random weights, the official layout of
+    tests/data/imagebind_official/imagebind_tiny.pth) under bind.*, as a real release holds ImageBind-Huge."""
+    release = {k: v for k, v in official_state(DATA / "pointbind_i2pmae_small.pt").items()
+               if not k.startswith("bind.") or k.startswith("bind.modality_head_point")}
+    towers = official_state(DATA.parent / "imagebind_official" / "imagebind_tiny.pth")
+    torch.save({**release, **{f"bind.{k}": v for k, v in towers.items()}}, path)
+    return path
+
+
 def test_zero_shot_test_of_a_release_through_the_cli(tmp_path, caplog):
-    """lightning test -c configs/pointbind_zeroshot.yaml -c configs/pointbind_imagebind.yaml, with the small release
-    and a tiny CLIP of its width: the release is loaded (and reported) when the run starts, no --ckpt_path."""
+    """lightning test -c configs/pointbind_zeroshot.yaml -c configs/pointbind_imagebind.yaml, with a small release
+    holding tiny ImageBind towers, as the shipped config (only the architecture shrunk): the 3D model is loaded (and
+    reported) when the run starts, no --ckpt_path; the text tower alone comes from the same file, and the class
+    embeddings are ImageBind's."""
     generate_modelnet40(tmp_path / "mn40", train_per_class=1, test_per_class=1, points=256, formats=("resampled",))
+    release = release_with_towers(tmp_path / "pointbind_i2pmae.pt")
     args = ["test", "-c", "configs/pointbind_zeroshot.yaml", "-c", "configs/pointbind_imagebind.yaml",
-            "--model.init_args.clip_model", "lang3d-tiny-ViT", "--model.init_args.clip_pretrained", "null",
+            "--model.init_args.clip_model", "lang3d-tiny-imagebind", "--model.init_args.clip_pretrained", str(release),
             "--model.init_args.encoder_options", json.dumps(OPTIONS["i2pmae"]),
             "--model.init_args.embedding_cache", str(tmp_path / "cache"),
             "--data.root", str(tmp_path / "mn40"), "--data.init_args.num_workers", "0",
@@ -236,11 +253,17 @@ def test_zero_shot_test_of_a_release_through_the_cli(tmp_path, caplog):
     lightning_info = lightning_utilities.core.rank_zero.log  # the logger of rank_zero_info
     lightning_info.addHandler(caplog.handler)
     try:
-        cli_main([*args, "--model.init_args.pretrained", str(DATA / "pointbind_i2pmae_small.pt")])
+        cli = build_cli([*args, "--model.init_args.pretrained", str(release)])
     finally:
         lightning_info.removeHandler(caplog.handler)
-    assert "pointbind_i2pmae_small.pt (pointbind, encoder i2pmae): kept" in caplog.text
+    assert "pointbind_i2pmae.pt (pointbind, encoder i2pmae): kept" in caplog.text
     assert list((tmp_path / "run").rglob("events.out.tfevents.*"))
+    module = cli.model
+    assert module.image_encoder is None and module.audio_encoder is None   # modalities: [text]
+    text = load_towers("lang3d-tiny-imagebind", release, ["text"])["text"]
+    names, classes = module.class_embeddings()
+    expected = class_text_embeddings(ImageBindTextEncoder(text), names, templates())
+    torch.testing.assert_close(classes, expected)
 
 
 class EncoderAtStart(L.Callback):

@@ -156,8 +156,9 @@ def test_arithmetic_predict_writes_the_nearest_gallery_items(tmp_path):
     results = json.loads((tmp_path / "out.json").read_text())
     assert [r["nearest"][0]["item"] for r in results] == ["a blue sphere", str(image)]
     assert all(len(r["nearest"]) == 2 and r["nearest"][0]["score"] >= r["nearest"][1]["score"] for r in results)
-    with pytest.raises(ArithmeticInputError, match="exactly one of"):
-        ArithmeticQueriesDataModule([{"points": str(cloud)}], gallery_texts=gallery)
+    for query in ({"points": str(cloud), "text": "a cube", "image": str(image)}, {"caption": "a cube"}, {}):
+        with pytest.raises(ArithmeticInputError, match="or 'points' and one of the others"):
+            ArithmeticQueriesDataModule([query], gallery_texts=gallery)
 
 
 def test_retrieval_ranks_exact_ties_in_gallery_order_and_counts_negative_cosines():

@@ -148,6 +148,9 @@ STACKS = [("test", ["text4point/finetune_s3dis.yaml"], SEGMENTATION),
           ("test", ["text4point/detection_sunrgbd.yaml", "text4point/demo_synthetic_sunrgbd_det.yaml"], DETECTION),
           ("predict", ["pointbind.yaml", "pointbind_arithmetic.yaml"], ARITHMETIC_WRITER),
           ("predict", ["pointbind.yaml", "pointbind_demo.yaml", "pointbind_arithmetic.yaml"], ARITHMETIC_WRITER),
+          ("predict", ["pointbind.yaml", "pointbind_imagebind.yaml", "pointbind_audio.yaml"], ARITHMETIC_WRITER),
+          ("predict", ["pointbind.yaml", "pointbind_imagebind.yaml", "pointbind_audio.yaml",
+                       "pointbind_audio_demo.yaml"], ARITHMETIC_WRITER),
           ("predict", ["sepe_sample.yaml"], "sepe.writers.GeneratedCloudWriter")]
 
 

@@ -161,10 +161,12 @@ def save_conversion(conversion: Conversion, out: str | Path) -> None:
 
 
 def rename(state: Mapping[str, torch.Tensor], rules: Sequence[tuple[str, str]], source: str,
-           drop: Callable[[str], bool] = lambda name: False) -> tuple[dict[str, torch.Tensor], list[str]]:
+           drop: Callable[[str], bool] = lambda name: False,
+           copy: bool = True) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename ``state`` by the first rule (regex fully matching the name, replacement) that matches each name;
     names for which ``drop`` holds are left out (and returned). A name neither renamed nor dropped is an error
-    naming it: the file is not the expected layout. Kept tensors are copied out of the (memory-mapped) file."""
+    naming it: the file is not the expected layout. Kept tensors are copied out of the (memory-mapped) file, or with
+    ``copy=False`` stay views of it, read only where used."""
     compiled = [(re.compile(pattern), replacement) for pattern, replacement in rules]
     kept, dropped = {}, []
     for name, tensor in state.items():
@@ -173,7 +175,7 @@ def rename(state: Mapping[str, torch.Tensor], rules: Sequence[tuple[str, str]], 
             continue
         for pattern, replacement in compiled:
             if pattern.fullmatch(name):
-                kept[pattern.sub(replacement, name)] = tensor.clone()
+                kept[pattern.sub(replacement, name)] = tensor.clone() if copy else tensor
                 break
         else:
             raise ConversionError(f"{source}: tensor '{name}' is not part of the expected layout")
@@ -197,4 +199,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 # each module registers its kinds
-from lang3d.convert import i2pmae, point_e_pointnet, pointbert, pointbind, pointcontrast  # noqa: E402,F401
+from lang3d.convert import i2pmae, imagebind, point_e_pointnet, pointbert, pointbind, pointcontrast  # noqa: E402,F401

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -192,9 +193,9 @@ def load_clip(model_name: str, pretrained: str | None = None, *, cache_dir: str 
 
 
 class CLIPImagePreprocess:
-    """A CLIP visual tower's evaluation transform, open_clip's own (``image_transform_v2`` of the tower's
-    ``preprocess_cfg``: resize of the shorter side, bicubic, centre crop, mean / std normalisation), for image
-    batches in any of the forms the pipelines hold:
+    """A CLIP visual tower's evaluation transform, open_clip's own (``image_transform_v2`` of ``preprocess_cfg``, an
+    open_clip tower's ``visual.preprocess_cfg`` or the same keys for another tower: resize of the shorter side,
+    bicubic, centre crop, mean / std normalisation), for image batches in any of the forms the pipelines hold:
 
     * float tensor [B,3,H,W] in [0,1];
     * uint8 tensor [B,H,W,3];
@@ -202,8 +203,8 @@ class CLIPImagePreprocess:
 
     ``__call__`` returns normalised pixels [B,3,S,S] float32 (S: the tower's input size)."""
 
-    def __init__(self, visual: nn.Module):
-        cfg = PreprocessCfg(**visual.preprocess_cfg)
+    def __init__(self, preprocess_cfg: Mapping):
+        cfg = PreprocessCfg(**preprocess_cfg)
         self.transform = image_transform_v2(cfg, is_train=False)
         self.image_size = (cfg.size, cfg.size) if isinstance(cfg.size, int) else tuple(cfg.size)
         self.mean, self.std = tuple(cfg.mean), tuple(cfg.std)
@@ -354,6 +355,11 @@ class CLIPTextEncoder(FrozenPretrained):
         self.tokenizer = tokenizer
         self.embed_dim = model.text_projection.shape[-1] if not isinstance(model.text_projection, nn.Linear) \
             else model.text_projection.out_features
+
+    @property
+    def tower(self) -> nn.Module:
+        """The module holding the weights the embeddings come from (``model``)."""
+        return self.model
 
     @property
     def width(self) -> int:

@@ -37,7 +37,7 @@ class CLIPConditioner(FrozenPretrained):
                             f"attentional pool), got visual tower {type(visual).__name__}")
         super().__init__(model=model)
         self.tokenizer = tokenizer
-        self.preprocess_images = CLIPImagePreprocess(visual)
+        self.preprocess_images = CLIPImagePreprocess(visual.preprocess_cfg)
 
     @classmethod
     def load(cls, model_name: str = "ViT-L-14", pretrained: str | None = "openai",
