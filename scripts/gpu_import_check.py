@@ -9,7 +9,7 @@ import sys
 
 THIRD_PARTY = ["torch", "torchvision", "torchaudio", "lightning", "torchmetrics", "open_clip", "jsonargparse",
                "docstring_parser", "typeshed_client", "h5py", "numpy", "scipy", "plyfile", "PIL", "tqdm", "tensorboard",
-               "MinkowskiEngine"]
+               "soundfile", "MinkowskiEngine"]
 PROJECT = ["lang3d.training.cli", "text4point", "pointbind", "sepe", "datamodules"]
 
 
