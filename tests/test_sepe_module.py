@@ -187,6 +187,31 @@ def test_fit_with_validation_logs(tmp_path, cap3d_root):
     assert any(tag.startswith("val/generated_render_") for tag in events.Tags()["images"])
 
 
+def test_validation_losses_are_means_over_objects(cap3d_root):
+    """``validate`` logs every loss of ``loss_names`` (the keys of ``losses``, with either upsampler) as its mean
+    over the validated objects: batches of 2 and 1 object weigh 2 and 1. A validation split without objects is an
+    error naming the cause, not NaN metrics."""
+    for conditioning in ("image_grid", "fused"):
+        module = make_module(upsampler_conditioning=conditioning, base_points=48, upsample_points=32)
+        assert set(module.losses(batch_of(cap3d_root))) == set(module.loss_names())
+    module = make_module(upsample_points=0).eval()
+    dm = datamodule(cap3d_root, split_fractions=(0.5, 0.5), batch_size=2, drop_last=False, max_val_objects=3)
+    dm.setup("validate")
+    batches = list(dm.val_dataloader())
+    assert [len(b["caption"]) for b in batches] == [2, 1]
+    with torch.no_grad():
+        terms = [module.losses(b, module.batch_generator(b)) for b in batches]
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    logged = trainer.validate(module, datamodule=dm)[0]
+    assert {f"val/{name}" for name in module.loss_names()} <= logged.keys()
+    for name in module.loss_names():
+        expected = (2 * terms[0][name] + terms[1][name]) / 3
+        assert logged[f"val/{name}"] == pytest.approx(float(expected), rel=1e-5), name
+    empty = datamodule(cap3d_root, split_fractions=(0.5, 0.5), max_val_objects=0)
+    with pytest.raises(ValueError, match="no object to validate.*validation split is empty"):
+        trainer.validate(module, datamodule=empty)
+
+
 def test_test_stage_scores_generated_clouds(tmp_path, cap3d_root):
     """Chamfer and EMD against the ground truth for every test object; R-precision with the independent evaluation
     CLIP and with the conditioning CLIP once there are more clouds than distractors (here: 1 distractor); P-FID /
