@@ -6,8 +6,9 @@ on x̂0 (``pred_xstart`` of that same call) share it.
 
 Data units: Cap3D's clouds are already in Point-E's units (xyz about ±0.5, the units Cap3D's own Point-E
 fine-tuning feeds unchanged), and ``Cap3DDataModule`` serves them unchanged by default, with colours in 0..1.
-``batch_cloud`` multiplies xyz by ``xyz_scale`` (1.0; 0.5 if the data module normalises into the unit sphere) and
-colours by 255 (Point-E's RGB 0..255).
+``batch_cloud`` multiplies xyz by ``xyz_scale`` (1.0; another constant only for clouds whose units differ from Point-E's
+by one) and colours by 255 (Point-E's RGB 0..255). Clouds normalised into the unit sphere (``normalize: true``) are
+refused: no constant maps them onto Point-E's box, their size relative to it depends on their shape.
 
 Stage 2 (upsampler, 1024 -> 4096 points): ``upsampler_conditioning="image_grid"`` (default, Point-E's) keeps the
 released upsampler frozen and gives it the condition it was trained with, its own ``clip_embed`` of the CLIP image
@@ -118,7 +119,8 @@ class SEPEFineTuning(EmptyStepsMixin, L.LightningModule):
             ``base_checkpoint``: a fresh Point-E model's ``output_proj`` is zero, which blocks every gradient to
             the blocks and the fusion, so a random-init run (tests, demo) must train it; with base40M weights the
             paper's recipe (last blocks / LoRA only) applies.
-        xyz_scale: served xyz -> Point-E units (1.0: Cap3D's own units, the data module's default).
+        xyz_scale: served xyz -> Point-E units (1.0: Cap3D's own units, the data module's default; the data module's
+            ``normalize: true`` is refused, see ``setup``).
         base_points / upsample_points: points drawn by each sampling stage (0 upsample points: base stage only);
             the base model trains on the first ``base_points`` served points. sample_steps / guidance_scale /
             upsampler_guidance_scale: Karras steps and guidance of generation.
@@ -216,7 +218,14 @@ class SEPEFineTuning(EmptyStepsMixin, L.LightningModule):
         return fuse
 
     def setup(self, stage: str) -> None:
-        """Testing: the R-precision metrics, with the independent evaluation CLIP and the conditioning CLIP."""
+        """Every stage: refuses a datamodule that normalises clouds into the unit sphere (``hparams.normalize``).
+        Testing: the R-precision metrics, with the independent evaluation CLIP and the conditioning CLIP."""
+        datamodule = self.trainer.datamodule
+        if datamodule is not None and getattr(datamodule, "hparams", {}).get("normalize"):
+            raise ValueError(f"{type(datamodule).__name__}(normalize=True) serves each cloud centred and scaled into "
+                             "the unit sphere, but SEPE trains and samples in Point-E's units, a box about 1 wide, "
+                             "in which Cap3D's clouds already are: set data.normalize false (no constant xyz_scale "
+                             "maps the unit sphere onto the box: each object's size would then depend on its shape)")
         if stage != "test" or self.test_r_precision_cond is not None:
             return
         hp = self.hparams
