@@ -6,8 +6,9 @@ on x̂0 (``pred_xstart`` of that same call) share it.
 
 Data units: Cap3D's clouds are already in Point-E's units (xyz about ±0.5, the units Cap3D's own Point-E
 fine-tuning feeds unchanged), and ``Cap3DDataModule`` serves them unchanged by default, with colours in 0..1.
-``batch_cloud`` multiplies xyz by ``xyz_scale`` (1.0; 0.5 if the data module normalises into the unit sphere) and
-colours by 255 (Point-E's RGB 0..255).
+``batch_cloud`` multiplies xyz by ``xyz_scale`` (1.0; another constant only for clouds whose units differ from Point-E's
+by one) and colours by 255 (Point-E's RGB 0..255). Clouds normalised into the unit sphere (``normalize: true``) are
+refused: no constant maps them onto Point-E's box, their size relative to it depends on their shape.
 
 Stage 2 (upsampler, 1024 -> 4096 points): ``upsampler_conditioning="image_grid"`` (default, Point-E's) keeps the
 released upsampler frozen and gives it the condition it was trained with, its own ``clip_embed`` of the CLIP image
@@ -18,6 +19,11 @@ grid; ``"fused"`` fine-tunes it too, with its own fusion warm-started from its o
 Randomness of training (timesteps, noise, condition dropout) comes from a generator seeded by (``seed``, global
 step, micro-batch, DDP rank), so the ranks draw different noise and a resumed run draws the same; evaluation draws
 follow the batch's object uids.
+
+Under DDP a batch may hold no object on some ranks: every object of it skipped (an unreadable cloud), or, in
+evaluation, an empty shard (fewer objects than ranks). Training takes the steps of ``lang3d.training.empty_steps``;
+validation losses are per-object means over all ranks (``MeanMetric``), to which a rank without objects adds
+weight 0.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
+from torchmetrics import MeanMetric
 
 from lang3d.data.sampling import seed_from_names
 from lang3d.models.clip import load_clip
@@ -35,6 +42,8 @@ from lang3d.models.lora import POINT_E_LORA_TARGETS, apply_lora
 from lang3d.models.point_e import (CLIPConditioner, GaussianDiffusion, PointCloudSampler, StageConfig, build_model,
                                    load_official_checkpoint, unscale_channels)
 from lang3d.training.checkpoint import keep_out_of_state_dict
+from lang3d.training.distributed import row_counts
+from lang3d.training.empty_steps import EmptyStepsMixin
 from lang3d.visual.render import render_views
 from lang3d.visual.tensorboard import log_image, log_point_cloud
 from sepe.conditioned_model import SEPEConditionedModel
@@ -44,6 +53,8 @@ from sepe.geometric_losses import (chamfer_distance, color_loss, laplacian_smoot
 from sepe.metrics import ChamferDistanceMetric, CLIPRPrecision, EarthMoversDistance, PointFID, PointIS
 from sepe.pointcloud_features import load_feature_network
 
+LOSS_TERMS = ("loss", "diffusion", "mse", "vb", "chamfer", "color", "smooth", "uniform")
+"""The loss terms of every SEPE step (``SEPEFineTuning.losses``); a fused upsampler adds "upsampler_diffusion"."""
 FUSIONS = ("concat", "cross_attention")
 TRAINABLE = ("last_blocks", "lora")
 UPSAMPLER_CONDITIONING = ("image_grid", "fused")
@@ -74,7 +85,7 @@ def make_trainable(model: nn.Module, trainable: str, num_blocks: int, lora_rank:
         model.output_proj.requires_grad_(True)
 
 
-class SEPEFineTuning(L.LightningModule):
+class SEPEFineTuning(EmptyStepsMixin, L.LightningModule):
     """SEPE (paper Sec. 3): the fusion module + base40M's last blocks (or LoRA) trained on Cap3D triplets.
 
     Args:
@@ -108,7 +119,8 @@ class SEPEFineTuning(L.LightningModule):
             ``base_checkpoint``: a fresh Point-E model's ``output_proj`` is zero, which blocks every gradient to
             the blocks and the fusion, so a random-init run (tests, demo) must train it; with base40M weights the
             paper's recipe (last blocks / LoRA only) applies.
-        xyz_scale: served xyz -> Point-E units (1.0: Cap3D's own units, the data module's default).
+        xyz_scale: served xyz -> Point-E units (1.0: Cap3D's own units, the data module's default; the data module's
+            ``normalize: true`` is refused, see ``setup``).
         base_points / upsample_points: points drawn by each sampling stage (0 upsample points: base stage only);
             the base model trains on the first ``base_points`` served points. sample_steps / guidance_scale /
             upsampler_guidance_scale: Karras steps and guidance of generation.
@@ -179,6 +191,10 @@ class SEPEFineTuning(L.LightningModule):
         self.diffusion = GaussianDiffusion.from_schedule("cosine")
         self.upsampler_diffusion = GaussianDiffusion.from_schedule("linear")
         self._val_shown: dict | None = None
+        self._val_samples = 0   # objects validated on this rank in the running validation epoch
+        # per-object means of the validation losses: Lightning's own mean of a value logged with sync_dist over
+        # ranks holding different numbers of objects truncates the summed batch size (an integer tensor) on gloo
+        self.val_losses = nn.ModuleDict({name: MeanMetric() for name in self.loss_names()})
         self.test_chamfer = ChamferDistanceMetric(squared=chamfer_squared)
         self.test_emd = EarthMoversDistance(num_points=base_points)
         self.test_r_precision: CLIPRPrecision | None = None        # built in setup("test"): loads the eval CLIP
@@ -202,7 +218,14 @@ class SEPEFineTuning(L.LightningModule):
         return fuse
 
     def setup(self, stage: str) -> None:
-        """Testing: the R-precision metrics, with the independent evaluation CLIP and the conditioning CLIP."""
+        """Every stage: refuses a datamodule that normalises clouds into the unit sphere (``hparams.normalize``).
+        Testing: the R-precision metrics, with the independent evaluation CLIP and the conditioning CLIP."""
+        datamodule = self.trainer.datamodule
+        if datamodule is not None and getattr(datamodule, "hparams", {}).get("normalize"):
+            raise ValueError(f"{type(datamodule).__name__}(normalize=True) serves each cloud centred and scaled into "
+                             "the unit sphere, but SEPE trains and samples in Point-E's units, a box about 1 wide, "
+                             "in which Cap3D's clouds already are: set data.normalize false (no constant xyz_scale "
+                             "maps the unit sphere onto the box: each object's size would then depend on its shape)")
         if stage != "test" or self.test_r_precision_cond is not None:
             return
         hp = self.hparams
@@ -251,10 +274,18 @@ class SEPEFineTuning(L.LightningModule):
         return cloud[:, :, :hp.base_points], upsample
 
     # ---------------------------------------------------------------- losses
+    def loss_names(self) -> tuple[str, ...]:
+        """The keys of ``losses``: ``LOSS_TERMS``, and "upsampler_diffusion" with a fused upsampler."""
+        return LOSS_TERMS + (("upsampler_diffusion",) if self.fused_upsampler else ())
+
+    def samples_in_batch(self, batch: dict) -> int:
+        return len(batch["caption"]) if "points" in batch else 0   # a batch of skipped samples holds no points
+
     def losses(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """All loss terms (batch means; geometric ones over t < geometric_max_t) from one base-model call:
         diffusion (mse + vb), chamfer, color, smooth, uniform, with a fused upsampler its ``upsampler_diffusion``,
-        and their weighted sum ``loss``. Timesteps, noise and condition dropout are drawn from ``generator``."""
+        and their weighted sum ``loss`` (the keys of ``loss_names``). Timesteps, noise and condition dropout are
+        drawn from ``generator``."""
         hp = self.hparams
         x0, x0_up = self.split_cloud(self.batch_cloud(batch))
         cond = self.condition(batch["caption"], batch["image"])
@@ -290,12 +321,16 @@ class SEPEFineTuning(L.LightningModule):
         return torch.Generator(self.device).manual_seed(seed)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if skipped := sum(batch.get("skipped", {}).values()):
+            self.log("train/skipped_samples", float(skipped), reduce_fx="sum", batch_size=1)
+        if self.samples_on_all_ranks(batch) == 0:
+            return self.zero_weight_loss()  # every rank's samples were skipped: no update (lang3d.training.empty_steps)
+        b = self.samples_in_batch(batch)
+        if b == 0:  # this rank's samples were all skipped, other ranks' were not: zero gradients into DDP's
+            return self.zero_weight_loss()  # all-reduce, the step's only collective (no BatchNorm, no gathered loss)
         terms = self.losses(batch, self.step_generator(batch_idx))
-        b = len(batch["caption"])
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False, batch_size=b)
         self.log("train_loss", terms["loss"], prog_bar=True, logger=False, batch_size=b)
-        if skipped := sum(batch.get("skipped", {}).values()):
-            self.log("train/skipped_samples", float(skipped), reduce_fx="sum", batch_size=b)
         return terms["loss"]
 
     def batch_generator(self, batch: dict) -> torch.Generator:
@@ -304,8 +339,16 @@ class SEPEFineTuning(L.LightningModule):
         return torch.Generator(self.device).manual_seed(seed_from_names(batch["uid"]))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        terms = self.losses(batch, self.batch_generator(batch))
-        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=len(batch["caption"]), sync_dist=True)
+        b = self.samples_in_batch(batch)
+        self._val_samples += b
+        terms = self.losses(batch, self.batch_generator(batch)) if b else {}
+        for name, mean in self.val_losses.items():
+            # weight 0 without objects (an empty shard's batch, all skipped): every rank logs the same metrics, in
+            # the same order, and their compute (a sum over the ranks) averages over every rank's objects
+            mean.update(terms[name].detach() if b else torch.zeros((), device=self.device), weight=b)
+            self.log(f"val/{name}", mean)
+        if b == 0:
+            return
         if batch_idx == 0:
             n = self.hparams.val_num_samples
             self._val_shown = {"caption": batch["caption"][:n], "image": batch["image"][:n],
@@ -338,6 +381,11 @@ class SEPEFineTuning(L.LightningModule):
         return sampler.sample(len(prompts), self.condition(prompts, images), generator)
 
     def on_validation_epoch_end(self) -> None:
+        samples, self._val_samples = self._val_samples, 0
+        if sum(row_counts(samples, self.device)) == 0:   # a collective: every rank gets here
+            raise ValueError("SEPE validation: no object to validate on any process (the validation split is empty "
+                             "or every object of it was skipped); fix the data or disable validation with "
+                             "--trainer.limit_val_batches 0")
         shown, self._val_shown = self._val_shown, None
         if shown is None or self.trainer.sanity_checking or self.global_rank != 0:
             return  # rank 0 samples its first batch's objects and logs them (the loggers write from rank 0)

@@ -2,7 +2,9 @@
 
 a rank whose whole batch was skipped (corrupt clouds / frames) while the other rank trains must take part in every
 collective of the step (synchronised BatchNorm, the Point-Bind gathers, DDP's gradient all-reduce) with a
-zero-weight step, or the run hangs; a step where every rank's batch was skipped changes nothing on any rank.
+zero-weight step, or the run hangs; a step where every rank's batch was skipped changes nothing on any rank
+(Point-Bind, SEPE, Text4Point pre-training). A validation set smaller than the number of ranks leaves a rank the
+empty batch of its empty shard; the metrics are still those of one process (Point-Bind, SEPE).
 Below them, with 2 gloo processes of torch.multiprocessing: the synchronised BatchNorm with a rank holding no
 rows (an empty input, or a placeholder left out of the statistics) against torch's BatchNorm over the other rank's
 rows, and ``EmbeddingBank`` with a rank holding nothing against the rows of one process. A hang fails through
@@ -197,6 +199,44 @@ def test_pointbind_validation_set_smaller_than_the_ranks(cap3d, tmp_path):
     metrics = check_metrics(ddp, single, "validate", "val")
     assert {"val/loss", "val_retrieval_pairs/3d_to_text/R@1"} <= metrics.keys()
     assert metrics["val_retrieval_pairs/3d_to_text/R@1"] == 1.0   # one item: its own caption is the only one
+
+
+# ---------------------------------------------------------------- SEPE
+def sepe_config(objects, *extra: str) -> list[str]:
+    return ["-c", "configs/sepe.yaml", *_cap3d("data", objects), "--model.val_sample_steps", "2",
+            "--model.val_num_samples", "1", *extra]
+
+
+def test_sepe_rank_with_all_samples_skipped_takes_a_zero_step(cap3d, tmp_path):
+    """6 training objects, batch size 1, 3 steps per rank. Step 0: rank 1's object is an empty cloud (rank 0
+    trains alone; rank 1 adds zero gradients to DDP's all-reduce); step 1: both ranks' objects are bad (no step
+    anywhere); step 2: both train."""
+    dm = Cap3DDataModule(str(cap3d / "cap3d"), split_fractions=(0.6, 0.4), max_train_objects=6, load_images=False)
+    train = dm.splits()["train"]
+    assert len(train) == 6
+    order = shards(len(train), drop_last=True)
+    for rank, step in ((1, 0), (0, 1), (1, 1)):
+        torch.save(torch.zeros(6, 0), cap3d / "cap3d" / POINT_DIR / f"{train[order[rank][step]].uid}.pt")
+    run = tmp_path / "run"
+    fit_ddp(sepe_config(cap3d, "--data.max_train_objects", "6"), run, "--trainer.max_steps", "-1",
+            "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0")
+    check_steps(run, steps=3, unchanged=(1,))
+    check_finite(run)
+
+
+@pytest.mark.parametrize("val_objects", [1, 3])
+def test_sepe_validation_on_uneven_shards(val_objects, cap3d, tmp_path):
+    """One validation object for two ranks: rank 1 evaluates the empty batch of its empty shard and adds weight 0 to
+    every val/ loss, so both ranks reduce the same metrics, and those are the one object's. Three objects: shards of
+    2 and 1, the means over the 3 objects (Lightning's own sync_dist mean halved the summed batch size 3 to an
+    integer 1 on gloo). Both equal one process's metrics."""
+    config = sepe_config(cap3d, "--data.max_train_objects", "4", "--data.max_val_objects", str(val_objects))
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    fit_ddp(config, ddp, "--trainer.max_epochs", "1")   # 2 steps, then validation at the epoch's end
+    evaluate_alone("validate", config, single, ddp / "ckpt" / "last.ckpt")
+    samples = ("val/sample_chamfer", "val/sample_emd")   # rank 0 draws and logs the validation samples
+    metrics = check_metrics(ddp, single, "validate", "val/", rank_zero_only=samples)
+    assert {"val/loss", "val/diffusion", "val/chamfer", *samples} <= metrics.keys()
 
 
 # ---------------------------------------------------------------- Text4Point pre-training

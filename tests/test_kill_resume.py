@@ -3,7 +3,12 @@ those of an uninterrupted run, bit for bit (CPU, single-threaded), and every che
 
 The runs are the real command (``python -m lang3d fit``, Text4Point pre-training on tiny synthetic ScanNet scans)
 in subprocesses; a checkpoint is written after every step, and the signal is sent once the step-2 checkpoint of
-the first epoch (4 steps) exists, so the run dies in the middle of an epoch.
+the first epoch (4 steps) exists, so the run dies in the middle of an epoch. A run limited by ``max_steps`` with
+the once-per-epoch checkpoint the configs ship is SIGKILLed as its second epoch begins and resumed from the first
+epoch's checkpoint.
+
+At an epoch's boundary, in-process runs of a one-weight model over the project's resumable loader and the
+command's resume callbacks check the batches each step trains and the epoch hooks, for both run limits.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -22,19 +28,42 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH, EPOCHS = 4, 2
 
 
-def _command(root: Path, run_dir: Path, resume: bool = False) -> list[str]:
+class SignalAtStep(L.Callback):
+    """Sends ``signal`` (a name: "SIGTERM", "SIGKILL") to its own process when training step ``step`` (counted
+    from 0 over the whole run) starts, in the first run only (not in a run resumed at or after that step)."""
+
+    def __init__(self, step: int, signal: str):
+        self.step, self.signal = step, signal
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal, self.signal))
+
+
+def _command(root: Path, run_dir: Path, resume: bool = False, every_step: bool = True,
+             kill: tuple[int, str] | None = None, limit: str = "max_epochs") -> list[str]:
+    """The run; ``every_step``: a checkpoint after every step (all kept), else once per epoch, as
+    configs/text4point/demo_synthetic.yaml ships it; ``kill``: (step, signal name) for ``SignalAtStep``; ``limit``:
+    the run ends after ``max_epochs`` (EPOCHS) or after ``max_steps`` (the same EPOCHS epochs' steps). The
+    ModelCheckpoint's arguments are all given: the command line's callback takes those it leaves out from
+    pretrain_scannet.yaml's (``every_n_train_steps: 500``)."""
+    often = {"filename": "{epoch}-{step}", "every_n_train_steps": 1, "save_top_k": -1} if every_step else \
+        {"every_n_train_steps": 0, "every_n_epochs": 1}
     checkpoint = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                  "init_args": {"dirpath": str(run_dir / "checkpoints"), "filename": "{epoch}-{step}",
-                                "every_n_train_steps": 1, "save_top_k": -1, "save_last": True}}
+                  "init_args": {"dirpath": str(run_dir / "checkpoints"), "save_last": True, **often}}
+    callbacks = [checkpoint] + ([{"class_path": "test_kill_resume.SignalAtStep",
+                                  "init_args": {"step": kill[0], "signal": kill[1]}}] if kill else [])
+    limits = (["--trainer.max_epochs", str(EPOCHS)] if limit == "max_epochs" else
+              ["--trainer.max_steps", str(EPOCHS * STEPS_PER_EPOCH), "--trainer.max_epochs", "-1"])
     command = [sys.executable, "-m", "lang3d", "fit", "-c", "configs/text4point/pretrain_scannet.yaml",
                "-c", "configs/text4point/demo_synthetic.yaml", "--data.root", str(root), "--data.frame_skip", "1",
                "--data.image_size", "[96, 128]", "--data.voxel_size", "0.05", "--data.num_workers", "0",
                "--data.batch_size", "1", "--data.cache_dir", str(run_dir / "cache"), "--model.width", "0.25",
                "--model.feature_dim", "32",
-               "--model.decoder_width", "32", "--model.image_log_interval", "0", "--trainer.max_epochs", str(EPOCHS),
+               "--model.decoder_width", "32", "--model.image_log_interval", "0", *limits,
                "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
                "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
-               "--trainer.default_root_dir", str(run_dir), "--trainer.callbacks", json.dumps([checkpoint])]
+               "--trainer.default_root_dir", str(run_dir), "--trainer.callbacks", json.dumps(callbacks)]
     return command + (["--ckpt_path", "last"] if resume else [])
 
 
@@ -100,6 +129,121 @@ def test_killed_run_resumes_to_the_same_weights(sig, uninterrupted, tiny_scannet
     assert resumed.keys() == uninterrupted.keys()
     for key, value in uninterrupted.items():
         torch.testing.assert_close(resumed[key], value, rtol=0, atol=0, msg=f"{key} differs after resume")
+
+
+def test_max_steps_run_resumes_from_the_once_per_epoch_checkpoint(uninterrupted, tiny_scannet, tmp_path):
+    """A run limited by ``max_steps`` with ModelCheckpoint as configs/text4point/demo_synthetic.yaml ships it (a
+    checkpoint inside each epoch's ``on_train_epoch_end``), SIGKILLed as its second epoch begins, resumes from the
+    first epoch's checkpoint to the weights of the uninterrupted run (the same steps, limited by ``max_epochs``)."""
+    run_dir = tmp_path / "run"
+    command = _command(tiny_scannet, run_dir, every_step=False, kill=(STEPS_PER_EPOCH, "SIGKILL"), limit="max_steps")
+    killed = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == STEPS_PER_EPOCH
+    _run(_command(tiny_scannet, run_dir, resume=True, every_step=False, limit="max_steps"))
+    resumed = _weights(run_dir)
+    for key, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[key], value, rtol=0, atol=0, msg=f"{key} differs after resume")
+
+
+# ---------------------------------------------------------------- resuming at an epoch's boundary, in-process
+class _Interrupted(Exception):
+    """Ends a run where a SIGKILL would: after the checkpoints written so far."""
+
+
+class _SixSamples(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.tensor([float(index)])
+
+
+class _RecordingModel(L.LightningModule):
+    """One weight trained on 6 samples in batches of 2 (the project's resumable loader, shuffled per epoch), with
+    dropout from the global generator; ``events`` records ("start", epoch), ("step", epoch, batch index, sample
+    ids), ("end", epoch). ``interrupt``: (global step, "kill" | "sigterm"): at that step's start, end the run as a
+    SIGKILL would, or send this process SIGTERM (Lightning finishes the step and stops)."""
+
+    def __init__(self, events: list, interrupt: tuple[int, str] | None = None):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+        self.events, self.interrupt = events, interrupt
+
+    def train_dataloader(self):
+        from lang3d.data.sampling import sharded_loader
+        return sharded_loader(_SixSamples(), self.trainer, batch_size=2, shuffle=True, seed=0, num_workers=0,
+                              collate_fn=torch.utils.data.default_collate)
+
+    def val_dataloader(self):
+        from lang3d.data.sampling import sharded_loader
+        return sharded_loader(_SixSamples(), self.trainer, batch_size=2, shuffle=False, seed=0, num_workers=0,
+                              collate_fn=torch.utils.data.default_collate)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def on_train_epoch_start(self) -> None:
+        self.events.append(("start", self.current_epoch))
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        if self.interrupt is not None and self.global_step == self.interrupt[0]:
+            if self.interrupt[1] == "kill":
+                raise _Interrupted
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def training_step(self, batch, batch_idx):
+        self.events.append(("step", self.current_epoch, batch_idx, batch.flatten().tolist()))
+        return (torch.nn.functional.dropout(batch, 0.5) * self.weight).square().mean()
+
+    def validation_step(self, batch, batch_idx) -> None:
+        self.log("val_loss", (batch * self.weight).square().mean())
+
+    def on_train_epoch_end(self) -> None:
+        self.events.append(("end", self.current_epoch))
+
+
+def _fit_in_process(run_dir: Path, limit: str, validate: bool, interrupt: tuple[int, str] | None = None,
+                    resume: bool = False) -> tuple[list, torch.Tensor]:
+    """A 2-epoch run (3 steps an epoch) with the command's resume callbacks and a once-per-epoch ModelCheckpoint;
+    returns its events and final weight."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lang3d.training.resume import resume_callbacks
+
+    torch.manual_seed(0)
+    limits = {"max_epochs": 2} if limit == "max_epochs" else {"max_steps": 6, "max_epochs": -1}
+    trainer = L.Trainer(callbacks=[ModelCheckpoint(dirpath=run_dir, save_last=True), *resume_callbacks()],
+                        logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                        limit_val_batches=1.0 if validate else 0, num_sanity_val_steps=0, **limits)
+    events: list = []
+    model = _RecordingModel(events, interrupt)
+    try:
+        trainer.fit(model, ckpt_path=run_dir / "last.ckpt" if resume else None)
+    except (_Interrupted, SystemExit):  # SystemExit: Lightning's stop on SIGTERM
+        pass
+    return events, model.weight.detach().clone()
+
+
+@pytest.mark.parametrize("limit", ["max_epochs", "max_steps"])
+@pytest.mark.parametrize("interruption", ["killed_as_epoch_1_begins", "sigterm_on_the_last_step"])
+def test_run_resumed_at_an_epoch_boundary_goes_on_as_the_uninterrupted_one(interruption, limit, tmp_path):
+    """Resumed from the checkpoint written at epoch 0's end (ModelCheckpoint's once-per-epoch file, with validation
+    each epoch, the run SIGKILLed as epoch 1 begins; or ``last.ckpt`` of a SIGTERM during epoch 0's last step), the
+    run calls ``on_train_epoch_start`` of epoch 1, trains epoch 1's batches in epoch 1's order and ends with the
+    uninterrupted run's weight, whether ``max_epochs`` or ``max_steps`` ends it. Lightning alone resumes a
+    ``max_steps`` run as a restart inside epoch 0: it trained epoch 1's first batch as epoch 0's batch 3 and then
+    epoch 2's order as epoch 1."""
+    validate = interruption == "killed_as_epoch_1_begins"
+    reference, weight = _fit_in_process(tmp_path / "reference", limit, validate)
+    assert [e for e in reference if e[0] == "step"][0][:3] == ("step", 0, 0) and len(reference) == 10
+    interrupt = (3, "kill") if interruption == "killed_as_epoch_1_begins" else (2, "sigterm")
+    first, _ = _fit_in_process(tmp_path / "run", limit, validate, interrupt)
+    assert torch.load(tmp_path / "run" / "last.ckpt", weights_only=False)["global_step"] == 3
+    assert first[:reference.index(("end", 0)) + 1] == reference[:reference.index(("end", 0)) + 1]
+    resumed, resumed_weight = _fit_in_process(tmp_path / "run", limit, validate, resume=True)
+    assert resumed == reference[reference.index(("start", 1)):]
+    torch.testing.assert_close(resumed_weight, weight, rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- which checkpoint "last" is; writing checkpoints

@@ -4,26 +4,26 @@ middle of an epoch and on an epoch's last step.
 
 The runs are the real command (``python -m lang3d fit``, configs/sepe.yaml and configs/pointbind_demo.yaml at tiny
 sizes) in subprocesses, with a checkpoint after every step. The signal comes from the run itself
-(``SignalAtStep``, a callback the command line adds), at the start of a chosen step, so the interruption falls at
-the same point every time: SIGTERM at the start of step s stops the run cleanly after step s (``last.ckpt`` at
-s + 1 steps), SIGKILL at the start of step s kills it with the checkpoint of s steps the newest. After a SIGKILL
-the test also sets ``last.ckpt`` a step back, as a SIGKILL between ModelCheckpoint's periodic file and its
-``last.ckpt`` copy leaves it, and checks that the run resumes from the newest checkpoint nonetheless. Each epoch
-has 3 steps: "mid-epoch" resumes after 2 steps of epoch 0, "last step" after its third, its last.
+(``test_kill_resume.SignalAtStep``, a callback the command line adds), at the start of a chosen step, so the
+interruption falls at the same point every time: SIGTERM at the start of step s stops the run cleanly after step s
+(``last.ckpt`` at s + 1 steps), SIGKILL at the start of step s kills it with the checkpoint of s steps the newest.
+After a SIGKILL the test also sets ``last.ckpt`` a step back, as a SIGKILL between ModelCheckpoint's periodic file
+and its ``last.ckpt`` copy leaves it, and checks that the run resumes from the newest checkpoint nonetheless. Each
+epoch has 3 steps: "mid-epoch" resumes after 2 steps of epoch 0, "last step" after its third, its last.
 
-The default suite runs four cases that cover every axis; the whole matrix is marked slow.
+The default suite runs four cases that cover every axis; the whole matrix is marked slow. Runs with the
+once-per-epoch checkpoint the configs ship, limited by ``max_epochs`` or by ``max_steps``, are SIGKILLed as their
+second epoch begins and resumed from the first epoch's checkpoint.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from test_kill_resume import REPO, _env, _run
@@ -33,18 +33,6 @@ from datamodules.synthetic.modelnet40 import generate_modelnet40
 
 STEPS_PER_EPOCH, EPOCHS = 3, 2
 STOP_AFTER = {"mid_epoch": 2, "last_step": STEPS_PER_EPOCH}  # steps done when the run is interrupted
-
-
-class SignalAtStep(L.Callback):
-    """Sends ``signal`` (a name: "SIGTERM", "SIGKILL") to its own process when training step ``step`` (counted
-    from 0 over the whole run) starts, in the first run only (not in a run resumed at or after that step)."""
-
-    def __init__(self, step: int, signal: str):
-        self.step, self.signal = step, signal
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), getattr(signal, self.signal))
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +60,20 @@ def _pipeline_args(pipeline: str, data: Path, run_dir: Path, num_workers: int) -
 
 
 def _command(pipeline: str, data: Path, run_dir: Path, num_workers: int, kill: tuple[int, str] | None = None,
-             resume: bool = False, every_step: bool = True) -> list[str]:
-    """The run; ``every_step``: a checkpoint after every step (all kept), else once per epoch, as the configs ship."""
+             resume: bool = False, every_step: bool = True, limit: str = "max_epochs") -> list[str]:
+    """The run; ``every_step``: a checkpoint after every step (all kept), else once per epoch, as the configs ship;
+    ``limit``: the run ends after ``max_epochs`` (EPOCHS) or after ``max_steps`` (the same EPOCHS epochs' steps,
+    no epoch limit)."""
     often = {"filename": "{epoch}-{step}", "every_n_train_steps": 1, "save_top_k": -1} if every_step else {}
     callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                   "init_args": {"dirpath": str(run_dir / "checkpoints"), "save_last": True, **often}}]
     if kill is not None:
-        callbacks.append({"class_path": f"{__name__}.SignalAtStep", "init_args": {"step": kill[0], "signal": kill[1]}})
+        callbacks.append({"class_path": "test_kill_resume.SignalAtStep",
+                          "init_args": {"step": kill[0], "signal": kill[1]}})
     command = [sys.executable, "-m", "lang3d", "fit", *_pipeline_args(pipeline, data, run_dir, num_workers),
-               "--trainer.max_epochs", str(EPOCHS), "--trainer.limit_val_batches", "0",
+               *(["--trainer.max_epochs", str(EPOCHS)] if limit == "max_epochs" else
+                 ["--trainer.max_steps", str(EPOCHS * STEPS_PER_EPOCH), "--trainer.max_epochs", "-1"]),
+               "--trainer.limit_val_batches", "0",
                "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
                "--trainer.logger", "false", "--trainer.default_root_dir", str(run_dir),
                "--trainer.callbacks", json.dumps(callbacks)]
@@ -150,14 +143,20 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(pipeline, num
     _assert_same_weights(resumed, uninterrupted(pipeline, num_workers))
 
 
-def test_run_resumes_from_the_once_per_epoch_checkpoint_the_configs_ship(data, uninterrupted, tmp_path):
+@pytest.mark.parametrize("pipeline,num_workers,limit", [("pointbind", 1, "max_epochs"), ("pointbind", 1, "max_steps"),
+                                                         ("sepe", 0, "max_steps")])
+def test_run_resumes_from_the_once_per_epoch_checkpoint_the_configs_ship(pipeline, num_workers, limit, data,
+                                                                         uninterrupted, tmp_path):
     """ModelCheckpoint as configs/sepe.yaml and configs/pointbind_demo.yaml ship it (a checkpoint at each epoch's
-    end, after the epoch-end hooks): Point-Bind (dropout draws from the global generator) with 1 worker, SIGKILLed
-    as epoch 1 begins, resumes from epoch 0's checkpoint to the uninterrupted run's weights."""
+    end, inside ``on_train_epoch_end``): a run SIGKILLed as epoch 1 begins resumes from epoch 0's checkpoint to the
+    uninterrupted run's weights, whether ``max_epochs`` or ``max_steps`` ends it (Lightning resumes a ``max_steps``
+    run as a restart inside the saved epoch; ``lang3d.training.resume.EpochEndCheckpointResume``). Point-Bind draws
+    dropout from the global generator; SEPE seeds its draws per step, so the batches alone decide its weights."""
     run_dir = tmp_path / "run"
-    command = _command("pointbind", data, run_dir, 1, kill=(STEPS_PER_EPOCH, "SIGKILL"), every_step=False)
+    command = _command(pipeline, data, run_dir, num_workers, kill=(STEPS_PER_EPOCH, "SIGKILL"), every_step=False,
+                       limit=limit)
     killed = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == STEPS_PER_EPOCH
-    _run(_command("pointbind", data, run_dir, 1, resume=True, every_step=False))
-    _assert_same_weights(_trained(run_dir), uninterrupted("pointbind", 1))
+    _run(_command(pipeline, data, run_dir, num_workers, resume=True, every_step=False, limit=limit))
+    _assert_same_weights(_trained(run_dir), uninterrupted(pipeline, num_workers))

@@ -187,6 +187,52 @@ def test_fit_with_validation_logs(tmp_path, cap3d_root):
     assert any(tag.startswith("val/generated_render_") for tag in events.Tags()["images"])
 
 
+def test_validation_losses_are_means_over_objects(cap3d_root):
+    """``validate`` logs every loss of ``loss_names`` (the keys of ``losses``, with either upsampler) as its mean
+    over the validated objects: batches of 2 and 1 object weigh 2 and 1. A validation split without objects is an
+    error naming the cause, not NaN metrics."""
+    for conditioning in ("image_grid", "fused"):
+        module = make_module(upsampler_conditioning=conditioning, base_points=48, upsample_points=32)
+        assert set(module.losses(batch_of(cap3d_root))) == set(module.loss_names())
+    module = make_module(upsample_points=0).eval()
+    dm = datamodule(cap3d_root, split_fractions=(0.5, 0.5), batch_size=2, drop_last=False, max_val_objects=3)
+    dm.setup("validate")
+    batches = list(dm.val_dataloader())
+    assert [len(b["caption"]) for b in batches] == [2, 1]
+    with torch.no_grad():
+        terms = [module.losses(b, module.batch_generator(b)) for b in batches]
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    logged = trainer.validate(module, datamodule=dm)[0]
+    assert {f"val/{name}" for name in module.loss_names()} <= logged.keys()
+    for name in module.loss_names():
+        expected = (2 * terms[0][name] + terms[1][name]) / 3
+        assert logged[f"val/{name}"] == pytest.approx(float(expected), rel=1e-5), name
+    empty = datamodule(cap3d_root, split_fractions=(0.5, 0.5), max_val_objects=0)
+    with pytest.raises(ValueError, match="no object to validate.*validation split is empty"):
+        trainer.validate(module, datamodule=empty)
+
+
+def test_clouds_normalised_into_the_unit_sphere_are_refused(cap3d_root):
+    """Served as they are, Cap3D's clouds are in Point-E's units: every object's largest side is 1 (Point-E's box).
+    Normalised into the unit sphere and halved (what the docs used to advise, ``xyz_scale: 0.5``), the largest side
+    depends on the object's shape, so no constant scale gives Point-E's units: SEPE refuses ``normalize: true``."""
+    served = {}
+    for normalize in (False, True):
+        dm = datamodule(cap3d_root, split_fractions=(1.0, 0.0), batch_size=6, normalize=normalize)
+        dm.setup("fit")
+        points = next(iter(dm.train_dataloader()))["points"]
+        served[normalize] = (dm, (points.amax(1) - points.amin(1)).amax(1))
+    torch.testing.assert_close(served[False][1], torch.ones(6), atol=0.02, rtol=0)
+    halved = 0.5 * served[True][1]
+    assert halved.max() / halved.min() > 1.1 and bool((halved < 0.9).any()), halved
+    trainer = L.Trainer(accelerator="cpu", logger=False, max_steps=1, limit_val_batches=0, enable_progress_bar=False,
+                        enable_checkpointing=False)
+    with pytest.raises(ValueError, match=r"Cap3DDataModule\(normalize=True\).*set data.normalize false"):
+        trainer.fit(make_module(upsample_points=0), datamodule=served[True][0])
+    trainer.fit(make_module(upsample_points=0), datamodule=served[False][0])   # Cap3D's own units train
+    assert trainer.global_step == 1
+
+
 def test_test_stage_scores_generated_clouds(tmp_path, cap3d_root):
     """Chamfer and EMD against the ground truth for every test object; R-precision with the independent evaluation
     CLIP and with the conditioning CLIP once there are more clouds than distractors (here: 1 distractor); P-FID /

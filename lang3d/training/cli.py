@@ -18,8 +18,7 @@ import numpy as np
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
-from lang3d.training.resume import (CheckpointOnSigterm, RandomStateCheckpoint, TrainLoaderStateOnResume,
-                                    newest_checkpoint)
+from lang3d.training.resume import newest_checkpoint, resume_callbacks
 from lang3d.training.user_errors import report
 
 
@@ -177,8 +176,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> Lang3DCLI:
     _import_project()
     return Lang3DCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                      args=args, run=run, save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
-                     trainer_defaults={"callbacks": [RandomStateCheckpoint(), TrainLoaderStateOnResume(),
-                                                     CheckpointOnSigterm()],
+                     trainer_defaults={"callbacks": resume_callbacks(),
                                        "plugins": [{"class_path": "lang3d.training.resume.AtomicCheckpointIO"}]})
 
 

@@ -8,6 +8,8 @@ every run.
   after this restore, and training loaders resume mid-epoch (``lang3d.data.sampling``).
 * ``TrainLoaderStateOnResume``: the training loaders get their saved state back even where Lightning skips that
   (a loader built before the checkpoint's loop state is loaded, as ``trainer.estimated_stepping_batches`` does).
+* ``EpochEndCheckpointResume``: a checkpoint written at an epoch's end (ModelCheckpoint's once-per-epoch file,
+  SIGTERM after an epoch's last step) resumes at the next epoch's start, also in a run limited by ``max_steps``.
 * ``CheckpointOnSigterm``: on SIGTERM (a scheduler's pre-emption, ``kill``) Lightning finishes the running
   step and stops; this writes ``last.ckpt`` next to the run's other checkpoints at that clean point, so
   ``--ckpt_path last`` continues from it. After SIGKILL the run resumes from its newest checkpoint.
@@ -96,6 +98,60 @@ class TrainLoaderStateOnResume(L.Callback):
             loader.load_state_dict(state)
 
 
+def _zero_current(progress: dict) -> None:
+    """Zeroes every ``current`` counter in a Lightning progress state (nested: an optimizer's step and zero_grad)."""
+    for key, value in progress.items():
+        if key == "current":
+            progress[key] = {name: 0 for name in value}
+        elif isinstance(value, dict):
+            _zero_current(value)
+
+
+class EpochEndCheckpointResume(L.Callback):
+    """Makes a checkpoint written at an epoch's end resume at the start of the next epoch, whatever limits the run.
+
+    Such a checkpoint (ModelCheckpoint's once-per-epoch file, written in ``on_train_epoch_end``; ``last.ckpt`` of a
+    SIGTERM after an epoch's last step) holds the fit loop's counters of a finished epoch: every batch of the epoch
+    done, the epoch ready, started and processed, and, inside ``on_train_epoch_end``, not yet completed. Lightning
+    2.6 resumes from it correctly only in a run limited by ``max_epochs``. In a run limited by ``max_steps`` it
+    resumes every checkpoint as a restart inside the saved epoch: it keeps that epoch's batch counters and counts
+    one epoch more than it trains, so the resumed run trains the next epoch's first batch as the saved epoch's
+    batch 3 (of 3) or calls its ``on_train_epoch_end`` again, and shuffles every later epoch in the order of the
+    epoch after it (the sampler's epoch is the count of processed epochs).
+
+    On load (``on_load_checkpoint``, before Lightning restores the loops from the same dict) this sets such a
+    checkpoint's fit-loop state to the one an uninterrupted run has between two epochs: the epoch completed, and the
+    per-epoch counters the next epoch starts from cleared (batches, optimizer steps and scheduler steps of the
+    epoch, its last-batch flag, the validation batches seen in it). Both limits then resume as the uninterrupted
+    run goes on: ``on_train_epoch_start`` of the next epoch, its order, its batches. Checkpoints written inside an
+    epoch (step-end, validation-end) are left as they are. Lightning steps a plateau scheduler (``ReduceLROnPlateau``,
+    stepped per epoch on a logged metric) after ``on_train_epoch_end``, so a once-per-epoch checkpoint holds it one
+    step behind, under either limit (it needs the epoch's metrics, which no checkpoint holds); the project's
+    schedules step per optimizer step."""
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        loop = checkpoint.get("loops", {}).get("fit_loop")
+        if not loop or "epoch_progress" not in loop:
+            return
+        epochs = loop["epoch_progress"]
+        if not all(part["ready"] == part["started"] == part["processed"] in (part["completed"],
+                                                                              part["completed"] + 1)
+                   for part in (epochs["total"], epochs["current"])):
+            return  # a checkpoint inside an epoch: Lightning resumes it
+        for part in (epochs["total"], epochs["current"]):
+            part["completed"] = part["processed"]
+        for key in ("epoch_loop.batch_progress", "epoch_loop.scheduler_progress",
+                    "epoch_loop.automatic_optimization.optim_progress",
+                    "epoch_loop.manual_optimization.optim_step_progress"):
+            if key in loop:
+                _zero_current(loop[key])
+        if "epoch_loop.batch_progress" in loop:
+            loop["epoch_loop.batch_progress"]["is_last_batch"] = False
+        if "epoch_loop.val_loop.batch_progress" in loop:  # counts the validation batches of one training epoch
+            validation = loop["epoch_loop.val_loop.batch_progress"]
+            validation["total"] = {name: 0 for name in validation["total"]}
+
+
 class CheckpointOnSigterm(L.Callback):
     """Writes ``<checkpoint dir>/last.ckpt`` when the run stops on SIGTERM (the checkpoint dir of the run's
     ModelCheckpoint, else ``<default_root_dir>/checkpoints``)."""
@@ -106,6 +162,12 @@ class CheckpointOnSigterm(L.Callback):
         path = sigterm_checkpoint_dir(trainer) / "last.ckpt"
         trainer.save_checkpoint(path)
         rank_zero_info(f"SIGTERM: saved {path} at step {trainer.global_step}; resume with --ckpt_path last")
+
+
+def resume_callbacks() -> list[L.Callback]:
+    """The callbacks that make a killed run resume exactly; the command adds them to every run
+    (``lang3d.training.cli.build_cli``)."""
+    return [RandomStateCheckpoint(), TrainLoaderStateOnResume(), EpochEndCheckpointResume(), CheckpointOnSigterm()]
 
 
 def sigterm_checkpoint_dir(trainer: L.Trainer) -> Path:
