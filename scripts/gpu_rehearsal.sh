@@ -19,8 +19,8 @@ stamp="$VENV/.machine-packages"
 if ! cmp -s requirements-gpu-machine.txt "$stamp"; then
   echo "gpu-rehearsal: the GPU machine's environment in $VENV (requirements-gpu-machine.txt)"
   rm -rf "$VENV"
-  PYTHON=${PYTHON:-$(command -v python3.12 || ls -d "$(pyenv root 2>/dev/null)"/versions/3.12*/bin/python3.12 | tail -n 1)}
-  "$PYTHON" -m venv "$VENV"
+  python=$(bash scripts/python312.sh)
+  "$python" -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet -r requirements-gpu-machine.txt
   cp requirements-gpu-machine.txt "$stamp"
 fi

@@ -6,16 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-if [ -z "${PYTHON:-}" ]; then
-  PYTHON=python3.12
-  if ! "$PYTHON" -c "" 2>/dev/null && command -v pyenv >/dev/null; then
-    PYTHON=$(ls -d "$(pyenv root)"/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1)
-  fi
-fi
-if ! "${PYTHON:-python3.12}" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
-  echo "install: no Python 3.12 found (${PYTHON:-python3.12}); lang3d's stack is Python 3.12 (set PYTHON=...)" >&2
-  exit 1
-fi
+PYTHON=$(bash scripts/python312.sh) || exit 1
 # MinkowskiEngine links BLAS; Debian's OpenBLAS headers are needed to build it.
 if ! dpkg -s libopenblas-dev >/dev/null 2>&1; then
   echo "install: libopenblas-dev missing, installing it with apt-get"
