@@ -34,6 +34,7 @@ from lang3d.models.clip import load_clip
 from lang3d.models.lora import POINT_E_LORA_TARGETS, apply_lora
 from lang3d.models.point_e import (CLIPConditioner, GaussianDiffusion, PointCloudSampler, StageConfig, build_model,
                                    load_official_checkpoint, unscale_channels)
+from lang3d.training.attached import attached_trainer
 from lang3d.training.checkpoint import keep_out_of_state_dict
 from lang3d.visual.render import render_views
 from lang3d.visual.tensorboard import log_image, log_point_cloud
@@ -285,7 +286,7 @@ class SEPEFineTuning(L.LightningModule):
 
     def step_generator(self, batch_idx: int) -> torch.Generator:
         """The training step's generator, seeded by (seed, global step, micro-batch, rank): ``step_seed``."""
-        accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+        accumulate = trainer.accumulate_grad_batches if (trainer := attached_trainer(self)) is not None else 1
         seed = step_seed(self.hparams.seed, self.global_step, batch_idx % accumulate, self.global_rank)
         return torch.Generator(self.device).manual_seed(seed)
 
