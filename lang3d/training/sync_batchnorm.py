@@ -20,10 +20,8 @@ torch.nn.SyncBatchNorm) and every ``ME.MinkowskiBatchNorm`` (ME's own MinkowskiS
 the CUDA-only torch.nn.SyncBatchNorm) for these layers, sharing parameters and buffers, so state-dict keys do not
 change.
 
-Lightning's ``Trainer(sync_batchnorm=True)`` is not needed and is off in the configs: it converts *after*
-``LightningModule.setup`` into torch.nn.SyncBatchNorm, which refuses CPU tensors in training. Its conversion
-only touches torch's BatchNorm classes; these layers are plain ``nn.Module``s, so the flag never undoes this
-conversion (it would only wrap BatchNorm left outside the converted network, e.g. a frozen CLIP's).
+Lightning's ``Trainer(sync_batchnorm=True)`` converts torch's BatchNorm classes only, so it leaves these layers
+alone (the configs keep it off; README, "Multi-GPU and multi-node").
 """
 from __future__ import annotations
 
