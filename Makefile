@@ -1,6 +1,8 @@
 # lang3d: language and images for point-cloud models.
 #   make install               virtual environment + MinkowskiEngine (cached wheel after the first build)
 #   make test                  the test suite (CPU; what CI runs; tests marked slow left out)
+#   make test-fast             the unit and reference tests (about 1.5 min on 2 cores): no CLI runs, DDP,
+#                              kill/resume, learning or shipped-config tests
 #   make test-full             the whole suite, slow tests included (every config at its shipped batch size)
 #   make check-learning        every learning test at seeds 0-2 and at 1 and 2 threads (long)
 #   make pretrain-text4point   Text4Point pre-training; SCANNET=/path/to/scannet for real data,
@@ -49,7 +51,7 @@ SUNRGBD ?=
 SYNTHETIC_SUNRGBD ?= data/synthetic/sunrgbd
 ARGS ?=
 
-.PHONY: install test test-full check-learning pretrain-text4point finetune-s3dis finetune-s3dis-ins finetune-scannet-det finetune-sunrgbd-det sepe pointbind pointbind-audio demo benchmark bench synthetic-scannet synthetic-s3dis clean-venv gpu-bundle gpu-rehearsal gpu-check check-cuda-build
+.PHONY: install test test-fast test-full check-learning pretrain-text4point finetune-s3dis finetune-s3dis-ins finetune-scannet-det finetune-sunrgbd-det sepe pointbind pointbind-audio demo benchmark bench synthetic-scannet synthetic-s3dis clean-venv gpu-bundle gpu-rehearsal gpu-check check-cuda-build
 
 install: $(STAMP)
 
@@ -58,6 +60,9 @@ $(STAMP): requirements.txt requirements-dev.txt setup.cfg scripts/install_env.sh
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow and not ddp and not learning and not integration"
 
 test-full: $(STAMP)
 	$(PY) -m pytest -m "slow or not slow"

@@ -15,6 +15,7 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from datamodules.modelnet40.prompts import prompt_names, templates
 from lang3d.metrics.retrieval import EmbeddingBank, retrieval_scores
+from lang3d.training.attached import attached_trainer
 from lang3d.training.embedding_cache import EmbeddingCache, content_key, model_fingerprint
 from lang3d.training.empty_steps import EmptyStepsMixin
 from lang3d.training.schedules import warmup_cosine
@@ -154,7 +155,8 @@ class PointBindAlignment(EmptyStepsMixin, L.LightningModule):
         if not folder:
             return None
         if kind not in self._caches:
-            world, rank = (self.trainer.world_size, self.global_rank) if self._trainer is not None else (1, 0)
+            trainer = attached_trainer(self)
+            world, rank = (trainer.world_size, self.global_rank) if trainer is not None else (1, 0)
             path = Path(folder).expanduser() / f"clip_embeddings{'' if world == 1 else f'.rank{rank}'}.h5"
             hp, encoder = self.hparams, self._tower(kind)
             model = f"{hp.clip_model}|{hp.clip_pretrained}|{model_fingerprint(encoder.tower)}"   # the weights used
@@ -165,8 +167,8 @@ class PointBindAlignment(EmptyStepsMixin, L.LightningModule):
     def class_embeddings(self) -> tuple[list[str], torch.Tensor]:
         """(class names, unit-norm class text embeddings [C,D]): templates averaged (``class_text_embeddings``)."""
         names = self.hparams.zeroshot_class_names
-        if names is None and self._trainer is not None:
-            names = getattr(self.trainer.datamodule, "prompt_names", None)
+        if names is None and (trainer := attached_trainer(self)) is not None:
+            names = getattr(trainer.datamodule, "prompt_names", None)
         names = list(names or prompt_names())
         if self._classes is None or self._classes[0] != names:
             self._classes = (names, class_text_embeddings(self.embed_texts, names,

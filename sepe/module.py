@@ -41,6 +41,7 @@ from lang3d.models.clip import load_clip
 from lang3d.models.lora import POINT_E_LORA_TARGETS, apply_lora
 from lang3d.models.point_e import (CLIPConditioner, GaussianDiffusion, PointCloudSampler, StageConfig, build_model,
                                    load_official_checkpoint, unscale_channels)
+from lang3d.training.attached import attached_trainer
 from lang3d.training.checkpoint import keep_out_of_state_dict
 from lang3d.training.distributed import row_counts
 from lang3d.training.empty_steps import EmptyStepsMixin
@@ -316,7 +317,7 @@ class SEPEFineTuning(EmptyStepsMixin, L.LightningModule):
 
     def step_generator(self, batch_idx: int) -> torch.Generator:
         """The training step's generator, seeded by (seed, global step, micro-batch, rank): ``step_seed``."""
-        accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+        accumulate = trainer.accumulate_grad_batches if (trainer := attached_trainer(self)) is not None else 1
         seed = step_seed(self.hparams.seed, self.global_step, batch_idx % accumulate, self.global_rank)
         return torch.Generator(self.device).manual_seed(seed)
 

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import QuickGELU
 
-from lang3d.models.clip import (CONFIG_DIR, CLIPDenseImageEncoder, CLIPLoadError, CLIPTextEncoder, CLIPWeightsFileError,
-                                CLIPWeightsUnavailable, class_prompts, download_lock, interpolate_grid_pos_embed,
-                                load_clip, register_model_configs)
+from lang3d.models.clip import (CONFIG_DIR, PRETRAINED_TAGS, CLIPDenseImageEncoder, CLIPLoadError, CLIPTextEncoder,
+                                CLIPWeightsFileError, CLIPWeightsUnavailable, class_prompts, download_lock,
+                                interpolate_grid_pos_embed, load_clip, register_model_configs)
 
 TINY = "lang3d-tiny-RN"
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)  # OpenAI CLIP constants
@@ -264,7 +264,7 @@ def test_tag_found_in_local_caches(tiny, tmp_path, monkeypatch):
     torch.save(model.state_dict(), tmp_path / "tiny-url.pt")
     tags = {"hubtag": dict(hf_hub="lang3d/tiny/", quick_gelu=False),
             "urltag": dict(url="https://example.invalid/weights/tiny-url.pt", quick_gelu=True)}
-    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, TINY, tags)
+    monkeypatch.setitem(PRETRAINED_TAGS, TINY, tags)
     expect = _outputs(model, tokenizer)
     loaded, tok = load_clip(TINY, "hubtag", cache_dir=str(tmp_path))
     for a, b in zip(_outputs(loaded, tok), expect):
@@ -303,7 +303,7 @@ def test_download_lock_serialises_processes(tmp_path):
 def _load_url_tag(cache_dir, started, result):
     """A second process loading the tag while the first still 'downloads' it (holds the lock): offline, it can
     only succeed by waiting for the lock and then reading the cache."""
-    open_clip.pretrained._PRETRAINED[TINY] = URL_TAG
+    PRETRAINED_TAGS[TINY] = URL_TAG
     started.set()
     try:
         model, _ = load_clip(TINY, "urltag", cache_dir=cache_dir)
@@ -314,7 +314,7 @@ def _load_url_tag(cache_dir, started, result):
 
 def test_a_waiting_process_reads_what_the_downloader_cached(tiny, tmp_path, monkeypatch):
     model, _ = tiny
-    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, TINY, URL_TAG)
+    monkeypatch.setitem(PRETRAINED_TAGS, TINY, URL_TAG)
     ctx = torch.multiprocessing.get_context("spawn")
     started, result = ctx.Event(), ctx.Queue()
     with download_lock(TINY, "urltag", str(tmp_path)):   # this process is the downloader

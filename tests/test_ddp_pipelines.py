@@ -22,13 +22,13 @@ import lightning as L
 import MinkowskiEngine as ME
 import pytest
 import torch
-from torch.nn.modules.batchnorm import _NormBase
 
 from datamodules.synthetic.cap3d import generate_cap3d
 from datamodules.synthetic.modelnet40 import generate_modelnet40
 from datamodules.synthetic.s3dis import generate_s3dis
 from datamodules.synthetic.scannet_detection import generate_scannet_detection
 from lang3d.training.cli import main as cli_main
+from lang3d.training.sync_batchnorm import TORCH_BATCHNORMS, SyncBatchNorm
 from text4point import Text4PointInstanceSegmentation
 
 pytestmark = pytest.mark.ddp
@@ -70,7 +70,8 @@ class RankReport(L.Callback):
 
     def on_train_end(self, trainer, pl_module):
         norms = {name: type(m).__name__ for name, m in pl_module.named_modules()
-                 if isinstance(m, (_NormBase, ME.MinkowskiBatchNorm)) and any(p.requires_grad for p in m.parameters())}
+                 if isinstance(m, (*TORCH_BATCHNORMS, SyncBatchNorm, ME.MinkowskiBatchNorm))
+                 and any(p.requires_grad for p in m.parameters())}
         self._write(trainer, "fit", {"sha256": self.hashes, "norms": norms, "world_size": trainer.world_size,
                                      "node_rank": trainer.node_rank})
 

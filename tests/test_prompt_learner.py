@@ -88,14 +88,17 @@ def test_eval_cache_rule(encoder):
     fresh.load_state_dict({"ctx": new_ctx})
     torch.testing.assert_close(b, fresh.train()())
     assert learner() is b
-    # load_state_dict(assign=True) replaces the parameter
-    learner.load_state_dict({"ctx": new_ctx.clone()}, assign=True)
-    assert learner() is not b
-    # even an identical reload invalidates; so do train() and an optimizer step
+    # the cache follows ctx's values: an identical reload or parameter keeps it
     learner.load_state_dict(learner.state_dict())
+    learner.load_state_dict({"ctx": new_ctx.clone()}, assign=True)
+    assert learner() is b
+    # load_state_dict(assign=True) with other values replaces the parameter
+    learner.load_state_dict({"ctx": new_ctx + 0.1}, assign=True)
     c = learner()
-    assert c is not b
-    torch.testing.assert_close(c, b)
+    assert c is not b and not torch.allclose(c, b)
+    fresh.load_state_dict({"ctx": new_ctx + 0.1})
+    torch.testing.assert_close(c, fresh.train()())
+    # train() drops the cache; so does an optimizer step
     learner.train()
     learner.eval()
     assert learner() is not c
@@ -106,6 +109,18 @@ def test_eval_cache_rule(encoder):
     opt.step()
     learner.eval()
     assert not torch.allclose(learner(), d)
+
+
+def test_eval_cache_sees_writes_through_data(encoder):
+    """``ctx.data`` writes leave torch's version counter alone; the eval cache must not serve stale embeddings."""
+    learner = PromptLearner(encoder, NAMES, ctx_init="point cloud of").eval()
+    before = learner()
+    learner.ctx.data.add_(0.1)
+    after = learner()
+    assert not torch.allclose(after, before)
+    fresh = PromptLearner(encoder, NAMES, ctx_init="point cloud of")
+    fresh.load_state_dict({"ctx": learner.ctx.detach()})
+    torch.testing.assert_close(after, fresh.train()(), rtol=0, atol=0)
 
 
 def test_to_moves_encoder_and_buffers():

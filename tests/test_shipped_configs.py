@@ -115,6 +115,7 @@ def fit_one_step(config: Path, tmp_path: Path, *overrides: str, val_batches: int
     seen, tags = run_cli("fit", [config], tmp_path, *ONE_STEP, *overrides)
     assert len(seen["train"]) == 1 and len(seen["val"]) == val_batches, seen
     assert any(t.startswith("train/loss") for t in tags) and any(t.startswith("val/") for t in tags), tags
+    assert "final/train/loss" in tags and "hp_metric" not in tags, tags   # the HParams summary (HParamsSummary)
     return seen, tags
 
 
@@ -298,7 +299,7 @@ def test_pointbind_zeroshot_config_at_shipped_sizes(objects, tmp_path, monkeypat
                          "--data.num_workers", "0", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar",
                          "false")
     assert seen["test"] == [{"samples": 13, "points": 8192}], seen
-    assert "test/zeroshot_top1" in tags
+    assert {"test/zeroshot_top1", "final/test/zeroshot_top1"} <= tags and "hp_metric" not in tags
 
 
 # ---------------------------------------------------------------- SEPE: shipped as a CPU run on synthetic data

@@ -243,6 +243,48 @@ def test_without_process_group_it_is_torch_batchnorm():
         SyncBatchNorm(3)(torch.zeros(4, 2))
 
 
+@pytest.mark.parametrize("options", [{}, dict(affine=False), dict(track_running_stats=False),
+                                     dict(eps=1e-3, momentum=None)])
+def test_parameters_buffers_state_dict_and_repr_are_torch_batchnorms(options):
+    sync, ref = SyncBatchNorm(5, **options), nn.BatchNorm1d(5, **options)
+    assert repr(sync) == repr(ref).replace("BatchNorm1d", "SyncBatchNorm")
+    for kind in ("named_parameters", "named_buffers"):
+        ours, theirs = dict(getattr(sync, kind)()), dict(getattr(ref, kind)())
+        assert ours.keys() == theirs.keys()
+        for name, value in theirs.items():
+            assert ours[name].dtype == value.dtype and torch.equal(ours[name], value), name
+    assert [sync.weight, sync.bias] == [None, None] if not sync.affine else sync.weight.requires_grad
+    with torch.no_grad():                      # state dicts load both ways
+        for tensor in ref.state_dict().values():
+            tensor.add_(torch.arange(tensor.numel()).reshape(tensor.shape).to(tensor.dtype) + 2)
+    sync.load_state_dict(ref.state_dict())
+    assert list(sync.state_dict()) == list(ref.state_dict())
+    for key, value in ref.state_dict().items():
+        assert torch.equal(sync.state_dict()[key], value), key
+    SyncBatchNorm(5, **options).reset_parameters()
+    sync.reset_parameters()
+    for key, value in nn.BatchNorm1d(5, **options).state_dict().items():
+        assert torch.equal(sync.state_dict()[key], value), key
+    ref.load_state_dict(sync.state_dict())
+
+
+def test_a_state_dict_from_before_num_batches_tracked_loads_as_into_torch():
+    """torch loads a state dict of a version below 2 (or without metadata) that lacks num_batches_tracked, keeping
+    the layer's count; at version 2 the key is missing (strict). SyncBatchNorm does the same."""
+    for version, loads in ((None, True), (1, True), (2, False)):
+        for layer in (SyncBatchNorm(3), nn.BatchNorm1d(3)):
+            layer.num_batches_tracked.fill_(7)
+            state = nn.BatchNorm1d(3).state_dict()
+            del state["num_batches_tracked"]
+            state._metadata[""] = {} if version is None else {"version": version}
+            if loads:
+                layer.load_state_dict(state)
+                assert int(layer.num_batches_tracked) == 7
+            else:
+                with pytest.raises(RuntimeError, match="Missing key.*num_batches_tracked"):
+                    layer.load_state_dict(state)
+
+
 class _Mixed(nn.Module):
     def __init__(self):
         super().__init__()

@@ -234,3 +234,17 @@ def test_learning_rate_warms_up_over_epochs_then_follows_a_cosine(scannet_root):
     trainer.fit(model, dm)
     expected = [0.5, 1.0] + [0.5 * (1 + np.cos(np.pi * k / 4)) for k in range(4)]   # 2 warm-up steps of 6
     np.testing.assert_allclose(record.lrs, 0.01 * np.array(expected), rtol=1e-6)
+
+
+def test_warm_up_in_epochs_without_max_epochs_is_a_clear_error(scannet_root):
+    """A run bounded by max_steps alone (max_epochs -1): Lightning has not counted an epoch's batches when the
+    schedule is built, so warm-up in epochs is refused with the fix, before any step."""
+    dm = ScanNetDetectionDataModule(str(scannet_root), num_points=400, voxel_size=VOXEL, batch_size=1,
+                                    num_workers=0, augment=False)
+    model = Text4PointDetection(dm.class_names, network=TINY_NETWORK, num_seed=64, num_proposal=16,
+                                warmup=1, warmup_unit="epochs")
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=4, max_epochs=-1, limit_val_batches=0, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    with pytest.raises(ValueError, match="warm-up in epochs.*max_epochs.*warmup_unit: steps"):
+        trainer.fit(model, dm)
+    assert trainer.global_step == 0

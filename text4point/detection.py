@@ -42,8 +42,8 @@ class Text4PointDetection(Text4PointTask):
         near_threshold / far_threshold: objectness assignment radii (metres).
         aux_loss_weight / aux_temperature / aux_radius_voxels: the auxiliary loss (0 disables it); pseudo labels
             are the voxels' ``segment`` classes within ``aux_radius_voxels`` input voxels of each encoder voxel.
-        lr, weight_decay: AdamW; warmup (in ``warmup_unit`` "epochs" or "steps"): linear warm-up from 0, then
-            cosine decay to 0 at the end of the run (the trainer's max_epochs / max_steps).
+        lr, weight_decay: AdamW; warmup (in ``warmup_unit`` "epochs", which needs trainer.max_epochs, or "steps"):
+            linear warm-up from 0, then cosine decay to 0 at the end of the run (the trainer's max_epochs / max_steps).
         nms_iou, conf_threshold, per_class_proposal: evaluation as VoteNet's: per-class 3D NMS of the proposals
             (class = argmax, score = objectness), then those with objectness > conf_threshold give one box per
             class scored objectness × class probability (or, without per_class_proposal, their argmax class).
@@ -181,8 +181,10 @@ class Text4PointDetection(Text4PointTask):
                              "or trainer.max_steps")
         total, warmup = max(int(total), 1), hp.warmup
         if hp.warmup_unit == "epochs" and warmup > 0:
-            if trainer.train_dataloader is None:     # a run bounded by max_steps has not loaded it yet
-                trainer.fit_loop.setup_data()
+            if trainer.train_dataloader is None:     # loaded by estimated_stepping_batches unless max_epochs is -1
+                raise ValueError("Text4PointDetection: warm-up in epochs needs the number of batches per epoch before "
+                                 "training, which Lightning counts only for a run bounded by trainer.max_epochs; "
+                                 "for a run bounded by max_steps alone use warmup_unit: steps")
             if not math.isfinite(trainer.num_training_batches):
                 raise ValueError("Text4PointDetection: warm-up in epochs needs a training loader of known length "
                                  "(else use warmup_unit: steps)")

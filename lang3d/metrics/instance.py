@@ -18,10 +18,10 @@ fewer than ``min_region_size`` points (ScanNet: 100) are not counted, and predic
   small instance of its class, or when more than t of its points are void or in too-small instances of its class;
 - AP integrates precision over recall with trapezoids through the points of the distinct score thresholds plus
   (recall 0, precision 1), without the monotone envelope.
-A class with ground truth whose predictions are all excused has AP 0 (the official script raises IndexError
-there; 0 is what it returns when those predictions are left out). A class without ground truth has NaN.
+A class with ground truth whose predictions are all excused has AP 0 (README, Deviations). A class without
+ground truth has NaN.
 
-``convention="greedy_voc"``, this project's former rule: predictions of all scenes by descending score, each
+``convention="greedy_voc"``: predictions of all scenes by descending score, each
 taking the best still-unmatched instance of its class, TP if that IoU > t; nothing excused; VOC all-point AP with
 the monotone envelope; mAP over 0.50, 0.55, ..., 0.95.
 

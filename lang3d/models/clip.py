@@ -31,6 +31,15 @@ PROJECT_MODELS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
 
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
+PRETRAINED_TAGS: dict[str, dict[str, dict]] = {}
+"""{model name: {tag: open_clip pretrained cfg}} for weights open_clip's own list lacks (e.g. for the project's
+configs): ``hf_hub`` ("org/repo/[file]") or ``url``, optional ``quick_gelu``. ``load_clip`` looks here first."""
+
+
+def pretrained_cfg(model_name: str, tag: str) -> dict:
+    """The pretrained cfg of ``model_name``/``tag``: from ``PRETRAINED_TAGS``, else open_clip's; {} for neither."""
+    return PRETRAINED_TAGS.get(model_name, {}).get(tag) or open_clip.get_pretrained_cfg(model_name, tag)
+
 
 def register_model_configs() -> None:
     """Adds the project's open_clip model configs (``lang3d/models/clip_configs/*.json``, e.g. ``lang3d-tiny-RN``) to
@@ -93,7 +102,7 @@ def _resolve_tag(model_name: str, tag: str, cache_dir: str | None) -> tuple[str,
     """Local weights path and pretrained cfg for ``model_name``/``tag``. Hub weights come from the Hugging Face
     cache; otherwise (and for URL tags) open_clip's ``download_pretrained`` finds or downloads them, one process
     at a time (``download_lock``). Offline (``HF_HUB_OFFLINE=1``) nothing is downloaded from the hub."""
-    cfg = open_clip.get_pretrained_cfg(model_name, tag)
+    cfg = pretrained_cfg(model_name, tag)
     on_hub = bool(cfg.get("hf_hub"))
     where = (f"Hugging Face cache {_hub_cache(cache_dir)} (repo {cfg['hf_hub']})" if on_hub else
              f"open_clip's URL cache ({cache_dir or 'its default folder'}) for {cfg.get('url', '-')}")
@@ -178,14 +187,14 @@ def load_clip(model_name: str, pretrained: str | None = None, *, cache_dir: str 
     path, cfg = None, None
     if pretrained:
         pretrained = str(pretrained)
-        if open_clip.get_pretrained_cfg(model_name, pretrained):
+        if pretrained_cfg(model_name, pretrained):
             path, cfg = _resolve_tag(model_name, pretrained, cache_dir)
         elif os.path.isfile(pretrained):
             path = pretrained
         elif os.sep in pretrained or pretrained.endswith(_WEIGHT_SUFFIXES):
             raise CLIPWeightsFileError(f"CLIP weights file {pretrained} does not exist.")
         else:
-            tags = open_clip.list_pretrained_tags_by_model(model_name)
+            tags = [*PRETRAINED_TAGS.get(model_name, {}), *open_clip.list_pretrained_tags_by_model(model_name)]
             raise CLIPLoadError(f"'{pretrained}' is neither a pretrained tag of '{model_name}' (tags: "
                                 f"{', '.join(tags) or 'none'}) nor an existing weights file.")
     model = freeze(_create(model_name, path, cfg))

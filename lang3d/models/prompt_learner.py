@@ -41,11 +41,11 @@ class PromptLearner(nn.Module):
     [K, L-1-n_ctx, width], L = CLIP's context length) are non-persistent buffers snapshotted at construction.
 
     Caching rule: in train mode every call recomputes (with gradients to ``ctx``). In eval mode the first call
-    computes the embeddings without gradients and later calls return that same tensor, as long as ``ctx`` is the
-    same tensor object with the same storage, version counter, device and dtype. Any in-place change of ``ctx``
-    (optimizer step, ``load_state_dict``, ``ctx.copy_`` under no_grad), replacing it, ``train()``, or moving/casting
-    the module drops the cache. Writes through ``ctx.data`` bypass the version counter: do not use them. Do not
-    modify the returned tensor in place.
+    computes the embeddings without gradients and later calls return that same tensor, as long as ``ctx`` holds
+    the same values on the same device in the same dtype as when they were computed (compared with a copy kept
+    for that). Any change of ``ctx``'s values (optimizer step, ``load_state_dict``, in-place writes, through
+    ``ctx.data`` too), replacing it by other values, ``train()``, or moving/casting the module drops the cache.
+    Do not modify the returned tensor in place.
 
     Device and dtype: ``.to()``, ``.cuda()``, ``.double()`` etc. on this module (or any module owning it) apply to
     the text encoder as to any submodule; it holds CLIP's text tower only.
@@ -88,7 +88,7 @@ class PromptLearner(nn.Module):
         self.register_buffer("suffix", full[:, 1 + n_ctx:].clone(), persistent=False)
         self.register_buffer("eot", eot, persistent=False)
         self.embed_dim = text_encoder.embed_dim
-        self._cache: tuple[nn.Parameter, tuple, torch.Tensor] | None = None  # (ctx, key, embeddings)
+        self._cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None  # (key, copy of ctx, embeddings)
 
     def _tokenize(self, prompts: list[str]) -> torch.Tensor:
         """Prompts -> token ids [K, L]; raises if a prompt does not fit into the context length L."""
@@ -118,11 +118,11 @@ class PromptLearner(nn.Module):
         """-> text embeddings [K, d] (unnormalised), in the order of ``class_names``."""
         if self.training:
             return self._embed()
-        ctx = self.ctx
-        key = (ctx.data_ptr(), ctx._version, ctx.device, ctx.dtype)
-        if self._cache is None or self._cache[0] is not ctx or self._cache[1] != key:
+        ctx = self.ctx.detach()
+        key = (ctx.device, ctx.dtype, ctx.shape)
+        if self._cache is None or self._cache[0] != key or not torch.equal(self._cache[1], ctx):
             with torch.no_grad():
-                self._cache = (ctx, key, self._embed())
+                self._cache = (key, ctx.clone(), self._embed())
         return self._cache[2]
 
     def extra_repr(self) -> str:

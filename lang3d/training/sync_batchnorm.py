@@ -15,14 +15,13 @@ forever. Within ``rows_left_out(module)`` its layers contribute a zero row (no r
 part in the all_reduce, so it can run its networks on a placeholder input with a zero-weight loss without
 changing the other ranks' statistics, outputs or gradients. An empty input (0 rows) needs no such block.
 
-``convert_sync_batchnorm`` swaps every torch ``_BatchNorm`` (BatchNorm1d/2d/3d, torch.nn.SyncBatchNorm) and
-every ``ME.MinkowskiBatchNorm`` (ME's own MinkowskiSyncBatchNorm included, which wraps the CUDA-only
-torch.nn.SyncBatchNorm) for these layers, sharing parameters and buffers, so state-dict keys do not change.
+``convert_sync_batchnorm`` swaps every torch BatchNorm (``TORCH_BATCHNORMS``: BatchNorm1d/2d/3d,
+torch.nn.SyncBatchNorm) and every ``ME.MinkowskiBatchNorm`` (ME's own MinkowskiSyncBatchNorm included, which wraps
+the CUDA-only torch.nn.SyncBatchNorm) for these layers, sharing parameters and buffers, so state-dict keys do not
+change.
 
-Lightning's ``Trainer(sync_batchnorm=True)`` is not needed and is off in the configs: it converts *after*
-``LightningModule.setup`` into torch.nn.SyncBatchNorm, which refuses CPU tensors in training. Its conversion
-only touches ``_BatchNorm`` instances; these layers derive from ``_NormBase`` instead, so the flag never undoes
-this conversion (it would only wrap BatchNorm left outside the converted network, e.g. a frozen CLIP's).
+Lightning's ``Trainer(sync_batchnorm=True)`` converts torch's BatchNorm classes only, so it leaves these layers
+alone (the configs keep it off; README, "Multi-GPU and multi-node").
 """
 from __future__ import annotations
 
@@ -34,7 +33,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
+
+TORCH_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -53,19 +53,58 @@ class _AllReduceSum(torch.autograd.Function):
         return _AllReduceSum.apply(grad, ctx.group), None
 
 
-class SyncBatchNorm(_NormBase):
+def _count_from_zero_if_absent(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict,
+                               *args) -> None:
+    """Load-state-dict pre hook: a state dict without ``num_batches_tracked`` written before torch added it
+    (no or an older-than-2 version in its metadata) loads as into torch's BatchNorm, the count kept."""
+    version = local_metadata.get("version")
+    key = prefix + "num_batches_tracked"
+    if (version is None or version < 2) and module.track_running_stats and key not in state_dict:
+        count = module.num_batches_tracked
+        state_dict[key] = count if count.device != torch.device("meta") else torch.tensor(0, dtype=torch.long)
+
+
+class SyncBatchNorm(nn.Module):
     """BatchNorm over input [N, C], [N, C, L], [N, C, H, W] or [N, C, D, H, W], statistics per channel C over
-    all other dimensions and all ranks of ``process_group`` (None: the whole world). Arguments, parameters,
-    buffers and state-dict keys as ``torch.nn.BatchNorm1d``."""
+    all other dimensions and all ranks of ``process_group`` (None: the whole world). Arguments, parameters
+    (``weight``, ``bias`` [C]), buffers (``running_mean``, ``running_var`` [C], ``num_batches_tracked``), their
+    initial values, state-dict keys and loading as ``torch.nn.BatchNorm1d``."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, process_group=None, device=None, dtype=None):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        like, tracked = {"device": device, "dtype": dtype}, track_running_stats
+        for name in ("weight", "bias"):
+            self.register_parameter(name, nn.Parameter(torch.empty(num_features, **like)) if affine else None)
+        for name in ("running_mean", "running_var"):
+            self.register_buffer(name, torch.empty(num_features, **like) if tracked else None)
+        self.register_buffer("num_batches_tracked", torch.empty((), dtype=torch.long, device=device) if tracked
+                             else None)
+        self.register_load_state_dict_pre_hook(_count_from_zero_if_absent)
         self.process_group = process_group
         self.rows_left_out = False   # see ``rows_left_out``
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        if self.affine:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}")
 
     @classmethod
-    def from_batchnorm(cls, bn: _BatchNorm, process_group=None) -> "SyncBatchNorm":
+    def from_batchnorm(cls, bn: nn.Module, process_group=None) -> "SyncBatchNorm":
         """A SyncBatchNorm sharing ``bn``'s parameters and buffers (same tensors), in ``bn``'s train/eval mode."""
         out = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, process_group,
                   device="meta")
@@ -178,12 +217,12 @@ def rows_left_out(module: nn.Module) -> Iterator[None]:
 
 
 def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
-    """Replace, in place, every ME BatchNorm and torch ``_BatchNorm`` of ``module`` that is not already a
-    ``SparseSyncBatchNorm`` / ``SyncBatchNorm`` by one, sharing parameters and buffers. Returns ``module``
+    """Replace, in place, every ME BatchNorm and torch BatchNorm (``TORCH_BATCHNORMS``) of ``module`` that is not
+    already a ``SparseSyncBatchNorm`` / ``SyncBatchNorm`` by one, sharing parameters and buffers. Returns ``module``
     (or its replacement when ``module`` itself is such a layer)."""
     if isinstance(module, ME.MinkowskiBatchNorm) and not isinstance(module, SparseSyncBatchNorm):
         return SparseSyncBatchNorm.from_batchnorm(module, process_group)
-    if isinstance(module, _BatchNorm):
+    if isinstance(module, TORCH_BATCHNORMS):
         return SyncBatchNorm.from_batchnorm(module, process_group)
     for name, child in module.named_children():
         converted = convert_sync_batchnorm(child, process_group)

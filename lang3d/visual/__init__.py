@@ -1,1 +1,1 @@
-"""What people look at: TensorBoard pictures, point-splat renders, PLY clouds."""
+"""What people look at: TensorBoard pictures and HParams summaries, point-splat renders, PLY clouds."""
