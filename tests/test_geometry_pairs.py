@@ -148,16 +148,14 @@ def averaging_copy(module: nn.Module) -> nn.Module:
     gradient is the output's receptive field, weighted symmetrically about the output's receptive centre."""
     module = copy.deepcopy(module).double().eval()
     with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.fill_(1.0 / m.weight[0].numel())
-                if m.bias is not None:
-                    m.bias.zero_()
-            elif isinstance(m, nn.BatchNorm2d):
-                m.reset_running_stats()
-                m.eps = 0.0
-                m.weight.fill_(1.0)
-                m.bias.zero_()
+        for parent in list(module.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.BatchNorm2d):   # torch >= 2.11 refuses eps = 0: take the layer out
+                    setattr(parent, name, nn.Identity())
+                elif isinstance(child, nn.Conv2d):
+                    child.weight.fill_(1.0 / child.weight[0].numel())
+                    if child.bias is not None:
+                        child.bias.zero_()
     return module
 
 
