@@ -182,6 +182,7 @@ BENCH_DIR ?= runs/benchmarks
 benchmark: $(STAMP)
 	rm -f $(BENCH_DIR)/figures.jsonl && mkdir -p $(BENCH_DIR)
 	LANG3D_BENCH_RECORD=$(BENCH_DIR)/figures.jsonl $(PY) benchmarks/text4point_pretrain.py
+	LANG3D_BENCH_RECORD=$(BENCH_DIR)/figures.jsonl $(PY) benchmarks/data_loaders.py
 	LANG3D_BENCH_RECORD=$(BENCH_DIR)/figures.jsonl $(PY) benchmarks/text4point_s3dis.py
 	LANG3D_BENCH_RECORD=$(BENCH_DIR)/figures.jsonl $(PY) benchmarks/text4point_detection.py
 	LANG3D_BENCH_RECORD=$(BENCH_DIR)/figures.jsonl $(PY) benchmarks/point_e_speed.py
