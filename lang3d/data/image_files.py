@@ -34,7 +34,7 @@ def decode_resized(source: str | Path | bytes, size: tuple[int, int]) -> tuple[n
     both axes (Pillow's ``Image.draft``), then resized; other formats, and JPEGs under twice ``size``, are decoded
     in full. ScanNet's 1296×968 frames for 320×240 images are decoded at 648×484: a quarter of the pixels, and the
     result differs from a full decode then the same resize by 0.3 of 255 levels on average, 11 at most
-    (tests/test_scannet_pair_speed.py bounds it). Decoding errors propagate (OSError, SyntaxError, ValueError).
+    (tests/test_pair_equivalence.py bounds it). Decoding errors propagate (OSError, SyntaxError, ValueError).
     """
     with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as image:
         stored = image.size
