@@ -35,6 +35,8 @@ def test_every_content_setting_has_its_own_cache_and_frame_skip_shares_files(sca
     assert dataset(scans, cache, frame_skip=2).cache == base.cache
     base.prepare()
     assert sorted(p.name for p in base.cache.rglob("*.npz")) == ["0.npz", "1.npz", "2.npz", "3.npz"]
+    stamps = {p: p.stat().st_mtime_ns for p in base.cache.rglob("*.npz")}
+    assert dataset(scans, cache).prepare() == {} and stamps == {p: p.stat().st_mtime_ns for p in stamps}
     every_other = dataset(scans, cache, frame_skip=2)
     np.testing.assert_array_equal(every_other[1]["pairs"], dataset(scans, None)[2]["pairs"])
 
@@ -50,6 +52,8 @@ def test_a_frame_changed_after_caching_is_a_stale_cache_error(scans, tmp_path):
     fresh[1]  # other frames are unaffected
     with pytest.raises(PairCacheError, match=rf"scene0000_00/2\.npz is stale: {depth} changed"):
         fresh[2]
+    with pytest.raises(PairCacheError, match=rf"scene0000_00/2\.npz is stale"):  # preparing again checks it too
+        fresh.prepare()
 
 
 def test_a_file_from_another_settings_folder_is_an_error(scans, tmp_path):
@@ -73,3 +77,9 @@ def test_a_malformed_file_is_a_damaged_cache_error(scans, tmp_path):
     np.savez(path, **arrays)
     with pytest.raises(PairCacheError, match=rf"{path} is damaged \(pairs has shape"):
         dataset(scans, tmp_path / "cache")[1]
+
+
+def test_preparing_again_counts_the_cached_skips(scans, tmp_path):
+    (scans / "scans" / "scene0000_00" / "pose" / "1.txt").write_text("nan nan nan nan\n" * 4)
+    assert dataset(scans, tmp_path / "cache").prepare() == {"invalid_pose": 1}
+    assert dataset(scans, tmp_path / "cache").prepare() == {"invalid_pose": 1}   # read from the files

@@ -65,12 +65,19 @@ class ScanNetFramePairs(Dataset):
         return sample
 
     def prepare(self) -> dict[str, int]:
-        """Fill the cache for every frame (no-op without ``cache_dir``); returns counts of skip reasons."""
+        """Fill the cache for every frame (no-op without ``cache_dir``); returns counts of skip reasons. A frame
+        already cached is checked (settings, age) from the file's small arrays, not loaded."""
         skipped: dict[str, int] = {}
         if self.cache is None:
             return skipped
         for index in tqdm(range(len(self)), desc="preparing ScanNet 2D-3D pairs", unit="frame"):
-            reason = self[index].get("skipped")
+            name, frame = self.frames[index]
+            path = self._cache_path(name, frame)
+            if path.exists():
+                with self._open_cached(path, name, frame) as data:
+                    reason = str(data["skipped"]) if "skipped" in data.files else None
+            else:
+                reason = self[index].get("skipped")
             if reason:
                 skipped[reason] = skipped.get(reason, 0) + 1
         return skipped
@@ -90,21 +97,33 @@ class ScanNetFramePairs(Dataset):
     def _cache_path(self, name: str, frame: int) -> Path | None:
         return None if self.cache is None else self.cache / name / f"{frame}.npz"
 
-    def _load_cached(self, path: Path, name: str, frame: int) -> dict:
+    def _open_cached(self, path: Path, name: str, frame: int):
+        """The open ``.npz`` of a cached frame (arrays read on access) once its key and source stamp are checked."""
         try:
-            with np.load(path) as data:
-                sample = {k: data[k] for k in data.files}
+            data = np.load(path)
+            key, sources = str(data["cache_key"]) if "cache_key" in data.files else "", data.get("sources", "[]")
+            stored = [entry[1:] for entry in json.loads(str(sources))]
         except Exception as err:  # a damaged cache file must name itself, never crash anonymously
             raise PairCacheError(f"cached 2D-3D pair {path} is unreadable ({err}); delete it to rebuild it") from err
-        if str(sample.pop("cache_key", "")) != self.cache_key:
+        if key != self.cache_key:
+            data.close()
             raise PairCacheError(f"cached 2D-3D pair {path} was made with other settings than its folder's key "
                                  f"{self.cache_key} (moved there?); delete it to rebuild it")
-        stored = [entry[1:] for entry in json.loads(str(sample.pop("sources", "[]")))]
         current = _stamp(self.scenes[name].source_files(frame))
         if stored != [entry[1:] for entry in current]:
+            data.close()
             changed = next((c[0] for c, s in zip(current, stored) if c[1:] != s), "its list of source files")
             raise PairCacheError(f"cached 2D-3D pair {path} is stale: {changed} changed since it was made; "
                                  f"delete {self.cache} to rebuild the cache")
+        return data
+
+    def _load_cached(self, path: Path, name: str, frame: int) -> dict:
+        with self._open_cached(path, name, frame) as data:
+            try:
+                sample = {k: data[k] for k in data.files if k not in ("cache_key", "sources")}
+            except Exception as err:  # a damaged member (zip CRC, header)
+                raise PairCacheError(f"cached 2D-3D pair {path} is unreadable ({err}); delete it to rebuild it"
+                                     ) from err
         if "skipped" in sample:
             sample["skipped"] = str(sample["skipped"])
             return sample
