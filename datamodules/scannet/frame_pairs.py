@@ -99,11 +99,14 @@ class ScanNetFramePairs(Dataset):
 
     def _open_cached(self, path: Path, name: str, frame: int):
         """The open ``.npz`` of a cached frame (arrays read on access) once its key and source stamp are checked."""
+        data = None
         try:
             data = np.load(path)
             key, sources = str(data["cache_key"]) if "cache_key" in data.files else "", data.get("sources", "[]")
             stored = [entry[1:] for entry in json.loads(str(sources))]
         except Exception as err:  # a damaged cache file must name itself, never crash anonymously
+            if data is not None:
+                data.close()
             raise PairCacheError(f"cached 2D-3D pair {path} is unreadable ({err}); delete it to rebuild it") from err
         if key != self.cache_key:
             data.close()
