@@ -66,8 +66,8 @@ $(DEMO_CLIP): $(SYNTHETIC_SCANNET)/scannetv2_train.txt
 
 synthetic-scannet: $(SYNTHETIC_SCANNET)/scannetv2_train.txt
 
-# The demo's tensors are small: one thread per process (unless OMP_NUM_THREADS says otherwise) runs it in 1.5 minutes
-# on 2 cores beside other jobs, where two threads waiting on each other took over 10.
+# The demo's tensors are small: one thread per process (unless OMP_NUM_THREADS says otherwise). On 2 cores beside
+# other jobs, two threads waiting on each other for the cores made its steps about ten times slower.
 ifeq ($(strip $(SCANNET)),)
 pretrain-text4point: $(STAMP) $(DEMO_CLIP)
 	@echo "No ScanNet given (make pretrain-text4point SCANNET=/path/to/scannet): running the demo on built-in"
