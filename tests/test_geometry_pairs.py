@@ -5,6 +5,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from datamodules.scannet.pairs import PairConfig, build_frame_pair, correspondences
@@ -48,6 +49,13 @@ def frame():
     return color, depth, T, K_color, K_depth
 
 
+def pair_of(color, depth, T, K_color, K_depth, cfg):
+    """``build_frame_pair`` of a full-size colour frame, resized to cfg.image_size by Pillow (bilinear)."""
+    H, W = cfg.image_size
+    image = np.asarray(Image.fromarray(color).resize((W, H), Image.BILINEAR))
+    return build_frame_pair(image, (color.shape[1], color.shape[0]), depth, T, K_color, K_depth, cfg)
+
+
 def test_backproject_then_project_returns_pixels(frame):
     _, depth, T, _, K = frame
     points, pix = backproject_depth(depth, K, T)
@@ -79,14 +87,14 @@ def test_voxelize_contains_points_and_is_unique():
 def test_render_depth_keeps_nearest():
     K = np.array([[10.0, 0, 2.0], [0, 10.0, 2.0], [0, 0, 1]])
     pts = np.array([[0, 0, 2.0], [0, 0, 1.0], [0, 0, 3.0]])
-    d = render_depth(pts, K, np.eye(4), (5, 5))
+    d = render_depth(*project_points(pts, K, np.eye(4)), (5, 5))
     assert d[2, 2] == pytest.approx(1.0) and np.count_nonzero(d) == 1
 
 
 def test_correspondences_match_brute_force(frame):
     color, depth, T, K_color, K_depth = frame
     cfg = PairConfig(image_size=(36, 48), voxel_size=0.05, depth_tolerance=0.02, min_pairs=1)
-    sample = build_frame_pair(color, depth, T, K_color, K_depth, cfg)
+    sample = pair_of(color, depth, T, K_color, K_depth, cfg)
     K_img = scale_intrinsics(K_color, (96, 72), (48, 36))
     world_to_cam = np.linalg.inv(T)
     expected = set()
@@ -110,7 +118,7 @@ def test_correspondences_match_brute_force(frame):
 
 def test_pair_sample_shapes_and_colours(frame):
     color, depth, T, K_color, K_depth = frame
-    sample = build_frame_pair(color, depth, T, K_color, K_depth, PairConfig(image_size=(36, 48), voxel_size=0.05))
+    sample = pair_of(color, depth, T, K_color, K_depth, PairConfig(image_size=(36, 48), voxel_size=0.05))
     assert sample["image"].shape == (36, 48, 3) and sample["image"].dtype == np.uint8
     assert sample["depth"].shape == (36, 48)
     assert sample["coord"].dtype == np.int32 and sample["color"].shape == (len(sample["coord"]), 3)
@@ -124,7 +132,7 @@ def test_pair_sample_shapes_and_colours(frame):
 
 def test_frame_without_depth_gives_no_pairs(frame):
     color, depth, T, K_color, K_depth = frame
-    sample = build_frame_pair(color, np.zeros_like(depth), T, K_color, K_depth, PairConfig(image_size=(36, 48)))
+    sample = pair_of(color, np.zeros_like(depth), T, K_color, K_depth, PairConfig(image_size=(36, 48)))
     assert len(sample["pairs"]) == 0 and len(sample["coord"]) == 0
 
 

@@ -9,6 +9,7 @@ import torch
 from datamodules import ScanNetPairsDataModule
 from datamodules.scannet.meta import CLASS_LABELS
 from lang3d.models.clip import CLIPDenseImageEncoder, load_clip
+from lang3d.models.demo_clip import whiten_dense_features
 from lang3d.training.cli import main as cli_main
 from text4point import Text4PointPretraining
 from text4point.pretrain import sample_one_to_one
@@ -34,16 +35,7 @@ def whitened_clip(tiny_scannet, tmp_path_factory):
     dm = ScanNetPairsDataModule(str(tiny_scannet), **{**TINY_DATA, "batch_size": 8})
     dm.setup("fit")
     images = torch.cat([b["image"] for b in (*dm.train_dataloader(), *dm.val_dataloader())])
-    with torch.no_grad():
-        dense = CLIPDenseImageEncoder(model)(images.permute(0, 3, 1, 2).float() / 255.0)["dense"]
-        cells = dense.permute(0, 2, 3, 1).reshape(-1, dense.shape[1]).double()   # [cells, d]
-        mean = cells.mean(0)
-        values, vectors = torch.linalg.eigh((cells - mean).T @ (cells - mean) / len(cells))
-        whiten = vectors @ torch.diag(values.clamp_min(values.max() * 1e-6).rsqrt()) @ vectors.T
-        proj = model.visual.attnpool.c_proj
-        weight, bias = proj.weight.double(), proj.bias.double()
-        proj.weight.copy_(whiten @ weight)
-        proj.bias.copy_(whiten @ (bias - mean))
+    whiten_dense_features(CLIPDenseImageEncoder(model), images.permute(0, 3, 1, 2).float() / 255.0)
     path = tmp_path_factory.mktemp("clip") / "tiny_rn_whitened.pt"
     torch.save(model.state_dict(), path)
     return path

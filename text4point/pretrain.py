@@ -109,6 +109,7 @@ class Text4PointPretraining(EmptyStepsMixin, L.LightningModule):
             with torch.no_grad():
                 out["match_acc_enc"] = _match_accuracy(h2d[enc[:, 0], :, enc[:, 2], enc[:, 3]].float(),
                                                        feats.h3d_expanded[enc[:, 1]])
+                out["match_chance_enc"] = torch.tensor(1.0 / len(enc))  # the accuracy of a random match
         return out
 
     @property

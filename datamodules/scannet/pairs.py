@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
+from lang3d.data.transforms import voxel_mean
 from lang3d.geometry.camera import (backproject_depth, project_points, render_depth, scale_intrinsics, voxel_centres,
                                     voxelize)
 
@@ -25,41 +25,42 @@ class PairConfig:
     min_pairs: int = 64
 
 
-def build_frame_pair(color: np.ndarray, depth: np.ndarray, cam_to_world: np.ndarray, K_color: np.ndarray,
-                     K_depth: np.ndarray, cfg: PairConfig) -> dict[str, np.ndarray]:
+def build_frame_pair(image: np.ndarray, color_size: tuple[int, int], depth: np.ndarray, cam_to_world: np.ndarray,
+                     K_color: np.ndarray, K_depth: np.ndarray, cfg: PairConfig) -> dict[str, np.ndarray]:
     """Build the pair of one frame.
 
-    color: uint8 [Hc,Wc,3]; depth: float32 [h,w] metres (0 = invalid); K_*: intrinsics of each camera at its
-    own resolution; the colour and depth cameras share ``cam_to_world`` (as ScanNet's loaders assume).
+    image: uint8 [H,W,3] the colour frame resized to cfg.image_size (``Scene.color_resized``); color_size: (width,
+    height) of the stored colour frames, whose intrinsics are K_color; depth: float32 [h,w] metres (0 = invalid),
+    intrinsics K_depth; the colour and depth cameras share ``cam_to_world`` (as ScanNet's loaders assume).
     Returns a dict of numpy arrays:
-      image  uint8 [H,W,3] colour resized to cfg.image_size
-      depth  float32 [H,W] metres, the frame's points z-buffered into the resized image (0 = unknown)
-      coord  int32 [V,3] voxel coordinates (world / voxel_size, floored)
+      image  uint8 [H,W,3] the given image
+      depth  float32 [H,W] metres, the frame's points z-buffered into the image (0 = unknown)
+      coord  int32 [V,3] voxel coordinates (world / voxel_size, floored), lexicographically sorted
       color  float32 [V,3] mean colour of each voxel's points, in [0,1]
       pairs  int64 [M,3] (voxel index, row, col) with row/col at image resolution
     """
     H, W = cfg.image_size
-    image = np.asarray(Image.fromarray(color).resize((W, H), Image.BILINEAR))
-    K_img = scale_intrinsics(K_color, (color.shape[1], color.shape[0]), (W, H))
+    if image.shape != (H, W, 3) or image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 [{H},{W},3] (cfg.image_size), got {image.dtype} {image.shape}")
+    K_img = scale_intrinsics(K_color, color_size, (W, H))
 
     points, _ = backproject_depth(depth, K_depth, cam_to_world)
     if len(points) == 0:
         return _empty_pair(image)
 
-    # colour of each point: the resized colour image at the point's projection (clamped to the border)
-    uv, _ = project_points(points, K_img, cam_to_world)
+    # colour of each point: the image at the point's projection (clamped to the border)
+    uv, z = project_points(points, K_img, cam_to_world)
     col = np.clip(np.floor(uv[:, 0] + 0.5), 0, W - 1).astype(np.int64)
     row = np.clip(np.floor(uv[:, 1] + 0.5), 0, H - 1).astype(np.int64)
     point_rgb = image[row, col].astype(np.float64) / 255.0
 
     coord, inverse = voxelize(points, cfg.voxel_size)
-    counts = np.bincount(inverse, minlength=len(coord)).astype(np.float64)
-    voxel_rgb = np.stack([np.bincount(inverse, point_rgb[:, c], len(coord)) for c in range(3)], 1) / counts[:, None]
+    voxel_rgb = voxel_mean(point_rgb, inverse, np.bincount(inverse, minlength=len(coord)))
 
     pairs = correspondences(coord, depth, cam_to_world, K_depth, K_img, (H, W), cfg.voxel_size, cfg.depth_tolerance)
     return {
         "image": image,
-        "depth": render_depth(points, K_img, cam_to_world, (W, H)),
+        "depth": render_depth(uv, z, (W, H)),
         "coord": coord,
         "color": voxel_rgb.astype(np.float32),
         "pairs": pairs,

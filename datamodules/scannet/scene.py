@@ -12,6 +12,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from lang3d.data.image_files import decode_resized
+
 from .meta import ScanNetFormatError
 from .sens import SensFile
 
@@ -56,8 +58,17 @@ class Scene(abc.ABC):
         """[4, 4] float64 camera-to-world pose (OpenCV camera axes) of frame id i, as stored (may be NaN/inf)."""
 
     @abc.abstractmethod
+    def source_files(self, i: int) -> list[str]:
+        """Paths of the files frame id i is read from (what a cache of it must be no older than)."""
+
+    @abc.abstractmethod
     def color(self, i: int) -> np.ndarray:
         """[H, W, 3] uint8 RGB image of frame id i."""
+
+    @abc.abstractmethod
+    def color_resized(self, i: int, size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+        """(colour of frame id i resized to size = (W, H): [H, W, 3] uint8, the stored frame's (width, height)),
+        decoded at reduced scale where the format allows (``lang3d.data.image_files.decode_resized``)."""
 
     @abc.abstractmethod
     def depth(self, i: int) -> np.ndarray:
@@ -123,11 +134,23 @@ class ExportedScene(Scene):
     def pose(self, i: int) -> np.ndarray:
         return _read_matrix(os.path.join(self.scene_dir, "pose", f"{self._check_id(i)}.txt"))
 
+    def source_files(self, i: int) -> list[str]:
+        intrinsic = [os.path.join(self.scene_dir, "intrinsic", f"intrinsic_{cam}.txt") for cam in ("color", "depth")]
+        return [self._color_paths[self._check_id(i)], self._depth_path(i),
+                os.path.join(self.scene_dir, "pose", f"{i}.txt"), *intrinsic]
+
     def color(self, i: int) -> np.ndarray:
         path = self._color_paths[self._check_id(i)]
         try:
             with Image.open(path) as im:
                 return np.asarray(im.convert("RGB"))
+        except (OSError, ValueError, SyntaxError) as e:
+            raise ScanNetFormatError(f"{path}: cannot decode colour image: {e}") from e
+
+    def color_resized(self, i: int, size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+        path = self._color_paths[self._check_id(i)]
+        try:
+            return decode_resized(path, size)
         except (OSError, ValueError, SyntaxError) as e:
             raise ScanNetFormatError(f"{path}: cannot decode colour image: {e}") from e
 
@@ -157,8 +180,14 @@ class SensScene(Scene):
     def pose(self, i: int) -> np.ndarray:
         return self.sens.pose(i)
 
+    def source_files(self, i: int) -> list[str]:
+        return [self.sens.path]
+
     def color(self, i: int) -> np.ndarray:
         return self.sens.color(i)
+
+    def color_resized(self, i: int, size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+        return self.sens.color_resized(i, size), self.sens.color_size
 
     def depth(self, i: int) -> np.ndarray:
         return self.sens.depth(i)

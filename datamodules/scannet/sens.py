@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from lang3d.data.image_files import decode_resized
+
 from .meta import ScanNetFormatError
 
 SENS_VERSION = 4
@@ -160,6 +162,21 @@ class SensFile:
         if rgb.shape != (h, w, 3):
             raise SensFormatError(f"{self.path}: frame {i}: colour image is {rgb.shape[1]}x{rgb.shape[0]}, "
                                   f"header says {w}x{h}")
+        return rgb
+
+    def color_resized(self, i: int, size: tuple[int, int]) -> np.ndarray:
+        """[H, W, 3] uint8 RGB image of frame i resized to size = (W, H) (Pillow bilinear), a JPEG decoded at
+        reduced scale (``lang3d.data.image_files.decode_resized``)."""
+        if self.color_compression == "raw":
+            return np.asarray(Image.fromarray(self.color(i)).resize(size, Image.BILINEAR))
+        try:
+            rgb, stored = decode_resized(self.color_bytes(i), size)
+        except (OSError, ValueError, SyntaxError) as e:
+            raise SensFormatError(f"{self.path}: frame {i}: cannot decode {self.color_compression} "
+                                  f"colour image: {e}") from e
+        if stored != self.color_size:
+            raise SensFormatError(f"{self.path}: frame {i}: colour image is {stored[0]}x{stored[1]}, "
+                                  f"header says {self.color_size[0]}x{self.color_size[1]}")
         return rgb
 
     def depth_mm(self, i: int) -> np.ndarray:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lang3d.data.transforms import points_by_voxel, unique_rows, voxel_mean, voxel_random_point
+from lang3d.data.transforms import points_by_voxel, voxel_mean, voxel_random_point
+from lang3d.geometry.voxel_grid import unique_rows
 
 POINT_KEYS = ("coord", "color", "segment", "vote", "vote_mask")
 """Per-point keys of a detection scene dict (indexed together by sampling and voxelisation)."""

@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from lang3d.geometry.voxel_grid import unique_rows
+
 
 class Compose:
     """Apply ``transforms`` in order, passing the same generator along."""
@@ -150,20 +152,6 @@ class GridSample:
             out["point_color"] = color
             out.update({f"point_{key}": value for key, value in labels.items()})
         return out
-
-
-def unique_rows(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unique rows of int64 [P,3] in lexicographic order via one raveled key (much faster than unique(axis=0)).
-
-    Returns (rows [V,3] int64, inverse [P] int64, counts [V] int64).
-    """
-    low = grid.min(0)
-    dims = grid.max(0) - low + 1
-    shifted = grid - low
-    key = (shifted[:, 0] * dims[1] + shifted[:, 1]) * dims[2] + shifted[:, 2]
-    keys, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
-    rows = np.stack([keys // (dims[1] * dims[2]), keys // dims[2] % dims[1], keys % dims[2]], 1) + low
-    return rows, inverse.reshape(-1).astype(np.int64), counts.astype(np.int64)
 
 
 def points_by_voxel(inverse: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

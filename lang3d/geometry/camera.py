@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lang3d.geometry.voxel_grid import unique_rows
+
 
 def scale_intrinsics(K: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
     """Intrinsics [3,3] of an image resized from ``from_size`` to ``to_size`` (both (width, height))."""
@@ -52,11 +54,12 @@ def project_points(points: np.ndarray, K: np.ndarray, cam_to_world: np.ndarray) 
 def voxelize(points: np.ndarray, voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
     """Quantise points [N,3] metres into voxels of edge ``voxel_size`` metres.
 
-    Returns (coords [V,3] int32 voxel indices floor(p / voxel_size), inverse [N] int64 voxel of each point).
+    Returns (coords [V,3] int32 voxel indices floor(p / voxel_size), lexicographically sorted, inverse [N] int64 voxel
+    of each point).
     """
-    grid = np.floor(np.asarray(points) / voxel_size).astype(np.int64)
-    coords, inverse = np.unique(grid, axis=0, return_inverse=True)
-    return coords.astype(np.int32), inverse.reshape(-1)
+    grid = np.asarray(points) / voxel_size
+    coords, inverse, _ = unique_rows(np.floor(grid, out=grid).astype(np.int64))
+    return coords.astype(np.int32), inverse
 
 
 def voxel_centres(coords: np.ndarray, voxel_size: float) -> np.ndarray:
@@ -64,10 +67,10 @@ def voxel_centres(coords: np.ndarray, voxel_size: float) -> np.ndarray:
     return (np.asarray(coords, dtype=np.float64) + 0.5) * voxel_size
 
 
-def render_depth(points: np.ndarray, K: np.ndarray, cam_to_world: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Z-buffer the nearest point per pixel: [H,W] float32 metres, 0 where no point lands. size = (width, height)."""
+def render_depth(uv: np.ndarray, z: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Z-buffer the nearest of the points projected at ``uv`` [N,2] (column, row) with depths ``z`` [N] metres
+    (``project_points``): [H,W] float32 metres, 0 where no point lands. size = (width, height)."""
     width, height = size
-    uv, z = project_points(points, K, cam_to_world)
     col = np.floor(uv[:, 0] + 0.5).astype(np.int64)
     row = np.floor(uv[:, 1] + 0.5).astype(np.int64)
     keep = (z > 0) & (col >= 0) & (col < width) & (row >= 0) & (row < height)
