@@ -112,9 +112,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--no-model", action="store_true", help="time the data pipeline only")
     parser.add_argument("--clip-model", default="RN50", help="architecture only: weights are random")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     L.seed_everything(0, verbose=False)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device)
 
     with tempfile.TemporaryDirectory() if args.data is None else nullcontext(args.data) as root:
         if not (Path(root) / "scannetv2_train.txt").is_file():
@@ -148,7 +149,7 @@ def main() -> None:
         model = Text4PointPretraining(class_names=list(CLASS_LABELS), clip_model=args.clip_model,
                                       clip_pretrained=None, image_log_interval=0).to(device)
         optimizer = model.configure_optimizers()["optimizer"]
-        batch = next(iter(dm.train_dataloader()))
+        batch = model.transfer_batch_to_device(next(iter(dm.train_dataloader())), device, 0)
 
         def train_step():
             loss = model._losses(batch)["loss"]
@@ -157,7 +158,13 @@ def main() -> None:
             optimizer.step()
 
         timed(train_step, device)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         step_s = statistics.median(timed(train_step, device) for _ in range(args.steps))
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device) / 2**30
+            print(f"model: peak GPU memory {peak:.2f} GiB (torch's allocator, batch {args.batch_size})")
+            record("text4point_pretrain", f"pre-training step, batch {args.batch_size}: peak GPU memory", peak, "GiB")
         model_fps = args.batch_size / step_s
         print(f"model ({device.type}, {args.clip_model} + SR-UNet34, batch {args.batch_size}): {1 / step_s:.3f} "
               f"steps/s = {model_fps:.2f} frames/s")

@@ -88,10 +88,10 @@ for stage in "${STAGES[@]}"; do
       rm -f "$LANG3D_BENCH_RECORD"
       if [ "$CPU" = 1 ]; then
         device=cpu; srunet=(--voxel-sizes 0.1 --repeats 1); point_e=(--steps 2)
-        pretrain=(--color-size 324 242 --depth-size 160 120 --frames 4 --batch-size 4 --workers 2 --steps 1)
+        pretrain=(--color-size 324 242 --depth-size 160 120 --frames 4 --batch-size 4 --workers 2 --loader-frames 16 --steps 1)
       else
         device=cuda; srunet=(--voxel-sizes 0.02 0.025); point_e=()
-        pretrain=(--frames 32 --batch-size 32 --workers "$(nproc)" --steps 3)
+        pretrain=(--frames 32 --batch-size 32 --workers "$(nproc)" --loader-frames 1024 --steps 3)
       fi
       rm -f "$OUT/bench.log"
       step srunet_speed "$OUT/bench.log" "$PYTHON" benchmarks/srunet_speed.py --device $device "${srunet[@]}"
