@@ -22,8 +22,8 @@ follow the batch's object uids.
 
 Under DDP a batch may hold no object on some ranks: every object of it skipped (an unreadable cloud), or, in
 evaluation, an empty shard (fewer objects than ranks). Training takes the steps of ``lang3d.training.empty_steps``;
-validation losses are per-object means over all ranks (``MeanMetric``), to which a rank without objects adds
-weight 0.
+validation losses are per-object means over all ranks (``lang3d.training.sample_means``), to which a rank without
+objects adds nothing.
 """
 from __future__ import annotations
 
@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
-from torchmetrics import MeanMetric
 
 from lang3d.data.sampling import seed_from_names
 from lang3d.models.clip import load_clip
@@ -42,8 +41,8 @@ from lang3d.models.lora import POINT_E_LORA_TARGETS, apply_lora
 from lang3d.models.point_e import (CLIPConditioner, GaussianDiffusion, PointCloudSampler, StageConfig, build_model,
                                    load_official_checkpoint, unscale_channels)
 from lang3d.training.checkpoint import keep_out_of_state_dict
-from lang3d.training.distributed import row_counts
 from lang3d.training.empty_steps import EmptyStepsMixin
+from lang3d.training.sample_means import SampleMeans
 from lang3d.visual.render import render_views
 from lang3d.visual.tensorboard import log_image, log_point_cloud
 from sepe.conditioned_model import SEPEConditionedModel
@@ -191,10 +190,7 @@ class SEPEFineTuning(EmptyStepsMixin, L.LightningModule):
         self.diffusion = GaussianDiffusion.from_schedule("cosine")
         self.upsampler_diffusion = GaussianDiffusion.from_schedule("linear")
         self._val_shown: dict | None = None
-        self._val_samples = 0   # objects validated on this rank in the running validation epoch
-        # per-object means of the validation losses: Lightning's own mean of a value logged with sync_dist over
-        # ranks holding different numbers of objects truncates the summed batch size (an integer tensor) on gloo
-        self.val_losses = nn.ModuleDict({name: MeanMetric() for name in self.loss_names()})
+        self.val_losses = SampleMeans(self.loss_names())   # per-object means over every rank's objects
         self.test_chamfer = ChamferDistanceMetric(squared=chamfer_squared)
         self.test_emd = EarthMoversDistance(num_points=base_points)
         self.test_r_precision: CLIPRPrecision | None = None        # built in setup("test"): loads the eval CLIP
@@ -340,15 +336,9 @@ class SEPEFineTuning(EmptyStepsMixin, L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         b = self.samples_in_batch(batch)
-        self._val_samples += b
-        terms = self.losses(batch, self.batch_generator(batch)) if b else {}
-        for name, mean in self.val_losses.items():
-            # weight 0 without objects (an empty shard's batch, all skipped): every rank logs the same metrics, in
-            # the same order, and their compute (a sum over the ranks) averages over every rank's objects
-            mean.update(terms[name].detach() if b else torch.zeros((), device=self.device), weight=b)
-            self.log(f"val/{name}", mean)
-        if b == 0:
+        if b == 0:   # an empty shard's batch, or every object skipped: nothing to add to the means over all ranks
             return
+        self.val_losses.update(self.losses(batch, self.batch_generator(batch)), b)
         if batch_idx == 0:
             n = self.hparams.val_num_samples
             self._val_shown = {"caption": batch["caption"][:n], "image": batch["image"][:n],
@@ -381,8 +371,7 @@ class SEPEFineTuning(EmptyStepsMixin, L.LightningModule):
         return sampler.sample(len(prompts), self.condition(prompts, images), generator)
 
     def on_validation_epoch_end(self) -> None:
-        samples, self._val_samples = self._val_samples, 0
-        if sum(row_counts(samples, self.device)) == 0:   # a collective: every rank gets here
+        if self.val_losses.log(self, "val/") == 0:   # a collective: every rank gets here
             raise ValueError("SEPE validation: no object to validate on any process (the validation split is empty "
                              "or every object of it was skipped); fix the data or disable validation with "
                              "--trainer.limit_val_batches 0")

@@ -4,7 +4,8 @@ a rank whose whole batch was skipped (corrupt clouds / frames) while the other r
 collective of the step (synchronised BatchNorm, the Point-Bind gathers, DDP's gradient all-reduce) with a
 zero-weight step, or the run hangs; a step where every rank's batch was skipped changes nothing on any rank
 (Point-Bind, SEPE, Text4Point pre-training). A validation set smaller than the number of ranks leaves a rank the
-empty batch of its empty shard; the metrics are still those of one process (Point-Bind, SEPE).
+empty batch of its empty shard, and uneven shards leave the ranks different numbers of samples; the metrics are still
+those of one process (Point-Bind, SEPE, Text4Point pre-training).
 Below them, with 2 gloo processes of torch.multiprocessing: the synchronised BatchNorm with a rank holding no
 rows (an empty input, or a placeholder left out of the statistics) against torch's BatchNorm over the other rank's
 rows, and ``EmbeddingBank`` with a rank holding nothing against the rows of one process. A hang fails through
@@ -249,11 +250,32 @@ def test_text4point_rank_with_all_frames_skipped_takes_a_zero_step(tmp_path):
     order = shards(6, drop_last=False)
     for rank, step in ((1, 0), (0, 1), (1, 1)):
         (root / "scans" / "scene0000_00" / "pose" / f"{order[rank][step]}.txt").write_text("nan nan nan nan\n" * 4)
-    config = ["-c", "configs/text4point/pretrain_scannet.yaml", "-c", "configs/text4point/demo_synthetic.yaml",
-              "--data.root", str(root), "--data.frame_skip", "1", "--data.image_size", "[96, 128]",
-              "--data.voxel_size", "0.05", "--data.num_workers", "0", "--data.batch_size", "1",
-              "--model.feature_dim", "16", "--model.decoder_width", "16", "--model.num_pairs", "128"]
     run = tmp_path / "run"
-    fit_ddp(config, run, "--trainer.max_steps", "-1", "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0")
+    fit_ddp(pretraining_config(root), run, "--trainer.max_steps", "-1", "--trainer.max_epochs", "1",
+            "--trainer.limit_val_batches", "0")
     check_steps(run, steps=3, unchanged=(1,))
     check_finite(run)
+
+
+@pytest.mark.parametrize("val_frames", [1, 3])
+def test_text4point_validation_on_uneven_shards(val_frames, tmp_path):
+    """Pre-training validated at batch size 1 on 1 frame (shards of 1 and 0: rank 1 evaluates its empty shard's
+    batch, logs nothing, and still joins the reductions) and on 3 (shards of 2 and 1: Lightning's sync_dist mean
+    truncated the summed batch size 3 / 2 to 1 on gloo, reporting 1.5 x the losses). Both ranks hold the per-frame
+    means over all frames, equal to one process's."""
+    root = tmp_path / "scannet"
+    generate_scannet(root, num_scenes=2, frames_per_scene=4, color_size=(128, 96), depth_size=(40, 30), seed=0)
+    config = pretraining_config(root, "--data.max_val_frames", str(val_frames))
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    fit_ddp(config, ddp, "--trainer.max_epochs", "1")   # 2 steps, then validation at the epoch's end
+    evaluate_alone("validate", config, single, ddp / "ckpt" / "last.ckpt")
+    metrics = check_metrics(ddp, single, "validate", "val/")
+    assert {"val/loss", "val/loss_enc", "val/loss_dec", "val/loss_depth", "val/pairs"} <= metrics.keys()
+
+
+def pretraining_config(root, *extra: str) -> list[str]:
+    """Text4Point pre-training on the synthetic scans under ``root``, batch size 1, a tiny network."""
+    return ["-c", "configs/text4point/pretrain_scannet.yaml", "-c", "configs/text4point/demo_synthetic.yaml",
+            "--data.root", str(root), "--data.frame_skip", "1", "--data.image_size", "[96, 128]",
+            "--data.voxel_size", "0.05", "--data.num_workers", "0", "--data.batch_size", "1",
+            "--model.feature_dim", "16", "--model.decoder_width", "16", "--model.num_pairs", "128", *extra]
