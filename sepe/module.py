@@ -23,7 +23,7 @@ follow the batch's object uids.
 Under DDP a batch may hold no object on some ranks: every object of it skipped (an unreadable cloud), or, in
 evaluation, an empty shard (fewer objects than ranks). Training takes the steps of ``lang3d.training.empty_steps``;
 validation losses are per-object means over all ranks (``lang3d.training.sample_means``), to which a rank without
-objects adds nothing.
+objects adds nothing; a rank without test objects scores none and joins the gathers of the test metrics.
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ from lang3d.models.lora import POINT_E_LORA_TARGETS, apply_lora
 from lang3d.models.point_e import (CLIPConditioner, GaussianDiffusion, PointCloudSampler, StageConfig, build_model,
                                    load_official_checkpoint, unscale_channels)
 from lang3d.training.checkpoint import keep_out_of_state_dict
+from lang3d.training.distributed import row_counts, share_list_state_layouts
 from lang3d.training.empty_steps import EmptyStepsMixin
 from lang3d.training.sample_means import SampleMeans
 from lang3d.visual.render import render_views
@@ -191,6 +192,7 @@ class SEPEFineTuning(EmptyStepsMixin, L.LightningModule):
         self.upsampler_diffusion = GaussianDiffusion.from_schedule("linear")
         self._val_shown: dict | None = None
         self.val_losses = SampleMeans(self.loss_names())   # per-object means over every rank's objects
+        self._test_objects = 0   # objects tested on this rank in the running test epoch
         self.test_chamfer = ChamferDistanceMetric(squared=chamfer_squared)
         self.test_emd = EarthMoversDistance(num_points=base_points)
         self.test_r_precision: CLIPRPrecision | None = None        # built in setup("test"): loads the eval CLIP
@@ -402,6 +404,10 @@ class SEPEFineTuning(EmptyStepsMixin, L.LightningModule):
         """Generate a cloud for every held-out (caption, image) and score it against the object's cloud:
         Chamfer, EMD (base stage vs ground truth), CLIP R-precision (evaluation CLIP and conditioning CLIP), and
         P-FID / P-IS with a feature network."""
+        b = self.samples_in_batch(batch)
+        self._test_objects += b
+        if b == 0:   # an empty shard's batch, or every object skipped: nothing to score on this rank
+            return
         clouds = self.generate(batch["caption"], batch["image"], None, self.batch_generator(batch))
         base, target = clouds[:, :, :self.hparams.base_points], self.batch_cloud(batch)
         self.test_chamfer.update(base, target)
@@ -415,21 +421,31 @@ class SEPEFineTuning(EmptyStepsMixin, L.LightningModule):
             self.test_is.update(clouds)
 
     def on_test_epoch_end(self) -> None:
+        objects, self._test_objects = self._test_objects, 0
+        objects = sum(row_counts(objects, self.device))   # a collective: every rank gets here
+        if objects == 0:
+            raise ValueError("SEPE test: no object to test on any process (the test split is empty or every object "
+                             "of it was skipped); fix the data")
+        metrics = (self.test_chamfer, self.test_emd, self.test_r_precision, self.test_r_precision_cond,
+                   self.test_fid, self.test_is)
+        for metric in metrics:   # a rank without objects holds empty lists: give them the other ranks' layout
+            if metric is not None:
+                share_list_state_layouts(metric)
         scores = {"test/chamfer": self.test_chamfer.compute(), "test/emd": self.test_emd.compute()}
         for key, metric in (("test/clip_r_precision", self.test_r_precision),
                             ("test/clip_r_precision_cond_clip", self.test_r_precision_cond)):
             if metric is None:
                 continue
-            try:
-                scores[key] = metric.compute()
-            except ValueError as err:  # fewer tested clouds than distractors + 1
-                rank_zero_info(f"SEPE test: {key} not reported: {err}")
+            if objects <= metric.num_distractors:   # asked before computing: a compute that raises under DDP
+                rank_zero_info(f"SEPE test: {key} not reported: {objects} tested clouds, it needs more than its "
+                               f"{metric.num_distractors} distractors")   # leaves the metric unresettable
+                continue
+            scores[key] = metric.compute()
         if self.test_fid is not None:
             scores["test/p_fid"] = self.test_fid.compute()
             scores["test/p_is"] = self.test_is.compute()[0]
         self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in scores.items()})
-        for metric in (self.test_chamfer, self.test_emd, self.test_r_precision, self.test_r_precision_cond,
-                       self.test_fid, self.test_is):
+        for metric in metrics:
             if metric is not None:
                 metric.reset()
 

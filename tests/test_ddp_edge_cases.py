@@ -5,7 +5,7 @@ collective of the step (synchronised BatchNorm, the Point-Bind gathers, DDP's gr
 zero-weight step, or the run hangs; a step where every rank's batch was skipped changes nothing on any rank
 (Point-Bind, SEPE, Text4Point pre-training). A validation set smaller than the number of ranks leaves a rank the
 empty batch of its empty shard, and uneven shards leave the ranks different numbers of samples; the metrics are still
-those of one process (Point-Bind, SEPE, Text4Point pre-training).
+those of one process (Point-Bind, SEPE, Text4Point pre-training; SEPE's test too).
 Below them, with 2 gloo processes of torch.multiprocessing: the synchronised BatchNorm with a rank holding no
 rows (an empty input, or a placeholder left out of the statistics) against torch's BatchNorm over the other rank's
 rows, and ``EmbeddingBank`` with a rank holding nothing against the rows of one process. A hang fails through
@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from gloo_ranks import on_gloo_ranks
-from test_ddp_pipelines import _cap3d, check_metrics, evaluate_alone, fit_ddp, reports
+from test_ddp_pipelines import _cap3d, check_metrics, evaluate_alone, fit_ddp, reports, run_test_twice
 from torch import nn
 from torch.utils.data import DistributedSampler
 
@@ -238,6 +238,30 @@ def test_sepe_validation_on_uneven_shards(val_objects, cap3d, tmp_path):
     samples = ("val/sample_chamfer", "val/sample_emd")   # rank 0 draws and logs the validation samples
     metrics = check_metrics(ddp, single, "validate", "val/", rank_zero_only=samples)
     assert {"val/loss", "val/diffusion", "val/chamfer", *samples} <= metrics.keys()
+
+
+def test_sepe_test_on_uneven_shards(cap3d, tmp_path):
+    """``test`` of a checkpoint on 1 test object (shards of 1 and 0: rank 1 failed on its empty shard's batch with
+    KeyError 'caption') and on 3 (shards of 2 and 1): both ranks hold the scores of one process testing the
+    checkpoint. R-precision with 0 distractors on the one object: rank 1's empty embedding lists join the gather
+    (torchmetrics alone sends them as 1-d float tensors); with 1 distractor it needs 2 objects and is reported on no
+    rank. Only the conditioning CLIP's R-precision: the independent evaluation CLIP of the config is randomly
+    initialised (no weights) when the test starts, from a random state that differs between the DDP processes and
+    this one."""
+    config = sepe_config(cap3d, "--data.split_fractions", "[0.5, 0.2, 0.3]", "--data.max_train_objects", "4",
+                         "--model.sample_steps", "2", "--model.eval_clip_model", "null")
+    ddp = tmp_path / "ddp"
+    fit_ddp(config, ddp, "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0")   # 2 steps
+    for objects, distractors in ((1, 0), (1, 1), (3, 1)):
+        # ``test --ckpt_path`` takes the model's arguments from the checkpoint, over the command line's
+        checkpoint = torch.load(ddp / "ckpt" / "last.ckpt", weights_only=False)
+        checkpoint["hyper_parameters"]["eval_num_distractors"] = distractors
+        torch.save(checkpoint, ddp / "ckpt" / "last.ckpt")
+        single = tmp_path / f"single{objects}-{distractors}"
+        run_test_twice([*config, "--data.max_val_objects", str(objects)], ddp, single)
+        metrics = check_metrics(ddp, single, "test", "test/")
+        assert {"test/chamfer", "test/emd"} <= metrics.keys()
+        assert ("test/clip_r_precision_cond_clip" in metrics) == (objects > distractors)
 
 
 # ---------------------------------------------------------------- Text4Point pre-training

@@ -178,7 +178,7 @@ def evaluate_alone(command: str, config: list[str], run: Path, ckpt: Path, write
               *callbacks(run, checkpoint=False, writer=writer), "--ckpt_path", str(ckpt)])
 
 
-def run_test_twice(config: list[str], ddp: Path, single: Path, writer: str) -> Path:
+def run_test_twice(config: list[str], ddp: Path, single: Path, writer: str | None = None) -> Path:
     """``test`` of ``<ddp>/ckpt/last.ckpt`` under DDP (reports beside the fit's, files under ``<ddp>/test``, which
     is returned) and in this process (reports and files under ``single``); ``writer`` writes the test outputs."""
     ckpt, tested = ddp / "ckpt" / "last.ckpt", ddp / "test"
