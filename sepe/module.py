@@ -22,8 +22,8 @@ follow the batch's object uids.
 
 Under DDP a batch may hold no object on some ranks: every object of it skipped (an unreadable cloud), or, in
 evaluation, an empty shard (fewer objects than ranks). Training takes the steps of ``lang3d.training.empty_steps``;
-validation losses are per-object means over all ranks (``MeanMetric``), to which a rank without objects adds
-weight 0.
+validation losses are per-object means over all ranks (``lang3d.training.sample_means``), to which a rank without
+objects adds nothing; a rank without test objects scores none and joins the gathers of the test metrics.
 """
 from __future__ import annotations
 
@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
-from torchmetrics import MeanMetric
 
 from lang3d.data.sampling import seed_from_names
 from lang3d.models.clip import load_clip
@@ -43,8 +42,9 @@ from lang3d.models.point_e import (CLIPConditioner, GaussianDiffusion, PointClou
                                    load_official_checkpoint, unscale_channels)
 from lang3d.training.attached import attached_trainer
 from lang3d.training.checkpoint import keep_out_of_state_dict
-from lang3d.training.distributed import row_counts
+from lang3d.training.distributed import row_counts, share_list_state_layouts
 from lang3d.training.empty_steps import EmptyStepsMixin
+from lang3d.training.sample_means import SampleMeans
 from lang3d.visual.render import render_views
 from lang3d.visual.tensorboard import log_image, log_point_cloud
 from sepe.conditioned_model import SEPEConditionedModel
@@ -192,10 +192,8 @@ class SEPEFineTuning(EmptyStepsMixin, L.LightningModule):
         self.diffusion = GaussianDiffusion.from_schedule("cosine")
         self.upsampler_diffusion = GaussianDiffusion.from_schedule("linear")
         self._val_shown: dict | None = None
-        self._val_samples = 0   # objects validated on this rank in the running validation epoch
-        # per-object means of the validation losses: Lightning's own mean of a value logged with sync_dist over
-        # ranks holding different numbers of objects truncates the summed batch size (an integer tensor) on gloo
-        self.val_losses = nn.ModuleDict({name: MeanMetric() for name in self.loss_names()})
+        self.val_losses = SampleMeans(self.loss_names())   # per-object means over every rank's objects
+        self._test_objects = 0   # objects tested on this rank in the running test epoch
         self.test_chamfer = ChamferDistanceMetric(squared=chamfer_squared)
         self.test_emd = EarthMoversDistance(num_points=base_points)
         self.test_r_precision: CLIPRPrecision | None = None        # built in setup("test"): loads the eval CLIP
@@ -341,15 +339,9 @@ class SEPEFineTuning(EmptyStepsMixin, L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         b = self.samples_in_batch(batch)
-        self._val_samples += b
-        terms = self.losses(batch, self.batch_generator(batch)) if b else {}
-        for name, mean in self.val_losses.items():
-            # weight 0 without objects (an empty shard's batch, all skipped): every rank logs the same metrics, in
-            # the same order, and their compute (a sum over the ranks) averages over every rank's objects
-            mean.update(terms[name].detach() if b else torch.zeros((), device=self.device), weight=b)
-            self.log(f"val/{name}", mean)
-        if b == 0:
+        if b == 0:   # an empty shard's batch, or every object skipped: nothing to add to the means over all ranks
             return
+        self.val_losses.update(self.losses(batch, self.batch_generator(batch)), b)
         if batch_idx == 0:
             n = self.hparams.val_num_samples
             self._val_shown = {"caption": batch["caption"][:n], "image": batch["image"][:n],
@@ -382,8 +374,7 @@ class SEPEFineTuning(EmptyStepsMixin, L.LightningModule):
         return sampler.sample(len(prompts), self.condition(prompts, images), generator)
 
     def on_validation_epoch_end(self) -> None:
-        samples, self._val_samples = self._val_samples, 0
-        if sum(row_counts(samples, self.device)) == 0:   # a collective: every rank gets here
+        if self.val_losses.log(self, "val/") == 0:   # a collective: every rank gets here
             raise ValueError("SEPE validation: no object to validate on any process (the validation split is empty "
                              "or every object of it was skipped); fix the data or disable validation with "
                              "--trainer.limit_val_batches 0")
@@ -414,6 +405,10 @@ class SEPEFineTuning(EmptyStepsMixin, L.LightningModule):
         """Generate a cloud for every held-out (caption, image) and score it against the object's cloud:
         Chamfer, EMD (base stage vs ground truth), CLIP R-precision (evaluation CLIP and conditioning CLIP), and
         P-FID / P-IS with a feature network."""
+        b = self.samples_in_batch(batch)
+        self._test_objects += b
+        if b == 0:   # an empty shard's batch, or every object skipped: nothing to score on this rank
+            return
         clouds = self.generate(batch["caption"], batch["image"], None, self.batch_generator(batch))
         base, target = clouds[:, :, :self.hparams.base_points], self.batch_cloud(batch)
         self.test_chamfer.update(base, target)
@@ -427,21 +422,31 @@ class SEPEFineTuning(EmptyStepsMixin, L.LightningModule):
             self.test_is.update(clouds)
 
     def on_test_epoch_end(self) -> None:
+        objects, self._test_objects = self._test_objects, 0
+        objects = sum(row_counts(objects, self.device))   # a collective: every rank gets here
+        if objects == 0:
+            raise ValueError("SEPE test: no object to test on any process (the test split is empty or every object "
+                             "of it was skipped); fix the data")
+        metrics = (self.test_chamfer, self.test_emd, self.test_r_precision, self.test_r_precision_cond,
+                   self.test_fid, self.test_is)
+        for metric in metrics:   # a rank without objects holds empty lists: give them the other ranks' layout
+            if metric is not None:
+                share_list_state_layouts(metric)
         scores = {"test/chamfer": self.test_chamfer.compute(), "test/emd": self.test_emd.compute()}
         for key, metric in (("test/clip_r_precision", self.test_r_precision),
                             ("test/clip_r_precision_cond_clip", self.test_r_precision_cond)):
             if metric is None:
                 continue
-            try:
-                scores[key] = metric.compute()
-            except ValueError as err:  # fewer tested clouds than distractors + 1
-                rank_zero_info(f"SEPE test: {key} not reported: {err}")
+            if objects <= metric.num_distractors:   # asked before computing: a compute that raises under DDP
+                rank_zero_info(f"SEPE test: {key} not reported: {objects} tested clouds, it needs more than its "
+                               f"{metric.num_distractors} distractors")   # leaves the metric unresettable
+                continue
+            scores[key] = metric.compute()
         if self.test_fid is not None:
             scores["test/p_fid"] = self.test_fid.compute()
             scores["test/p_is"] = self.test_is.compute()[0]
         self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in scores.items()})
-        for metric in (self.test_chamfer, self.test_emd, self.test_r_precision, self.test_r_precision_cond,
-                       self.test_fid, self.test_is):
+        for metric in metrics:
             if metric is not None:
                 metric.reset()
 

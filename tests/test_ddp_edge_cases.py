@@ -4,7 +4,8 @@ a rank whose whole batch was skipped (corrupt clouds / frames) while the other r
 collective of the step (synchronised BatchNorm, the Point-Bind gathers, DDP's gradient all-reduce) with a
 zero-weight step, or the run hangs; a step where every rank's batch was skipped changes nothing on any rank
 (Point-Bind, SEPE, Text4Point pre-training). A validation set smaller than the number of ranks leaves a rank the
-empty batch of its empty shard; the metrics are still those of one process (Point-Bind, SEPE).
+empty batch of its empty shard, and uneven shards leave the ranks different numbers of samples; the metrics are still
+those of one process (Point-Bind, SEPE, Text4Point pre-training; SEPE's test too).
 Below them, with 2 gloo processes of torch.multiprocessing: the synchronised BatchNorm with a rank holding no
 rows (an empty input, or a placeholder left out of the statistics) against torch's BatchNorm over the other rank's
 rows, and ``EmbeddingBank`` with a rank holding nothing against the rows of one process. A hang fails through
@@ -15,7 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from gloo_ranks import on_gloo_ranks
-from test_ddp_pipelines import _cap3d, check_metrics, evaluate_alone, fit_ddp, reports
+from test_ddp_pipelines import _cap3d, check_metrics, evaluate_alone, fit_ddp, reports, run_test_twice
 from torch import nn
 from torch.utils.data import DistributedSampler
 
@@ -239,6 +240,30 @@ def test_sepe_validation_on_uneven_shards(val_objects, cap3d, tmp_path):
     assert {"val/loss", "val/diffusion", "val/chamfer", *samples} <= metrics.keys()
 
 
+def test_sepe_test_on_uneven_shards(cap3d, tmp_path):
+    """``test`` of a checkpoint on 1 test object (shards of 1 and 0: rank 1 failed on its empty shard's batch with
+    KeyError 'caption') and on 3 (shards of 2 and 1): both ranks hold the scores of one process testing the
+    checkpoint. R-precision with 0 distractors on the one object: rank 1's empty embedding lists join the gather
+    (torchmetrics alone sends them as 1-d float tensors); with 1 distractor it needs 2 objects and is reported on no
+    rank. Only the conditioning CLIP's R-precision: the independent evaluation CLIP of the config is randomly
+    initialised (no weights) when the test starts, from a random state that differs between the DDP processes and
+    this one."""
+    config = sepe_config(cap3d, "--data.split_fractions", "[0.5, 0.2, 0.3]", "--data.max_train_objects", "4",
+                         "--model.sample_steps", "2", "--model.eval_clip_model", "null")
+    ddp = tmp_path / "ddp"
+    fit_ddp(config, ddp, "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0")   # 2 steps
+    for objects, distractors in ((1, 0), (1, 1), (3, 1)):
+        # ``test --ckpt_path`` takes the model's arguments from the checkpoint, over the command line's
+        checkpoint = torch.load(ddp / "ckpt" / "last.ckpt", weights_only=False)
+        checkpoint["hyper_parameters"]["eval_num_distractors"] = distractors
+        torch.save(checkpoint, ddp / "ckpt" / "last.ckpt")
+        single = tmp_path / f"single{objects}-{distractors}"
+        run_test_twice([*config, "--data.max_val_objects", str(objects)], ddp, single)
+        metrics = check_metrics(ddp, single, "test", "test/")
+        assert {"test/chamfer", "test/emd"} <= metrics.keys()
+        assert ("test/clip_r_precision_cond_clip" in metrics) == (objects > distractors)
+
+
 # ---------------------------------------------------------------- Text4Point pre-training
 def test_text4point_rank_with_all_frames_skipped_takes_a_zero_step(tmp_path):
     """A training scan of 6 frames, batch size 1, 3 steps per rank. Step 0: rank 1's frame has a NaN pose (rank 0
@@ -249,11 +274,32 @@ def test_text4point_rank_with_all_frames_skipped_takes_a_zero_step(tmp_path):
     order = shards(6, drop_last=False)
     for rank, step in ((1, 0), (0, 1), (1, 1)):
         (root / "scans" / "scene0000_00" / "pose" / f"{order[rank][step]}.txt").write_text("nan nan nan nan\n" * 4)
-    config = ["-c", "configs/text4point/pretrain_scannet.yaml", "-c", "configs/text4point/demo_synthetic.yaml",
-              "--data.root", str(root), "--data.frame_skip", "1", "--data.image_size", "[96, 128]",
-              "--data.voxel_size", "0.05", "--data.num_workers", "0", "--data.batch_size", "1",
-              "--model.feature_dim", "16", "--model.decoder_width", "16", "--model.num_pairs", "128"]
     run = tmp_path / "run"
-    fit_ddp(config, run, "--trainer.max_steps", "-1", "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0")
+    fit_ddp(pretraining_config(root), run, "--trainer.max_steps", "-1", "--trainer.max_epochs", "1",
+            "--trainer.limit_val_batches", "0")
     check_steps(run, steps=3, unchanged=(1,))
     check_finite(run)
+
+
+@pytest.mark.parametrize("val_frames", [1, 3])
+def test_text4point_validation_on_uneven_shards(val_frames, tmp_path):
+    """Pre-training validated at batch size 1 on 1 frame (shards of 1 and 0: rank 1 evaluates its empty shard's
+    batch, logs nothing, and still joins the reductions) and on 3 (shards of 2 and 1: Lightning's sync_dist mean
+    truncated the summed batch size 3 / 2 to 1 on gloo, reporting 1.5 x the losses). Both ranks hold the per-frame
+    means over all frames, equal to one process's."""
+    root = tmp_path / "scannet"
+    generate_scannet(root, num_scenes=2, frames_per_scene=4, color_size=(128, 96), depth_size=(40, 30), seed=0)
+    config = pretraining_config(root, "--data.max_val_frames", str(val_frames))
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    fit_ddp(config, ddp, "--trainer.max_epochs", "1")   # 2 steps, then validation at the epoch's end
+    evaluate_alone("validate", config, single, ddp / "ckpt" / "last.ckpt")
+    metrics = check_metrics(ddp, single, "validate", "val/")
+    assert {"val/loss", "val/loss_enc", "val/loss_dec", "val/loss_depth", "val/pairs"} <= metrics.keys()
+
+
+def pretraining_config(root, *extra: str) -> list[str]:
+    """Text4Point pre-training on the synthetic scans under ``root``, batch size 1, a tiny network."""
+    return ["-c", "configs/text4point/pretrain_scannet.yaml", "-c", "configs/text4point/demo_synthetic.yaml",
+            "--data.root", str(root), "--data.frame_skip", "1", "--data.image_size", "[96, 128]",
+            "--data.voxel_size", "0.05", "--data.num_workers", "0", "--data.batch_size", "1",
+            "--model.feature_dim", "16", "--model.decoder_width", "16", "--model.num_pairs", "128", *extra]

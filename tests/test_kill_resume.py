@@ -162,8 +162,10 @@ class _SixSamples(torch.utils.data.Dataset):
 class _RecordingModel(L.LightningModule):
     """One weight trained on 6 samples in batches of 2 (the project's resumable loader, shuffled per epoch), with
     dropout from the global generator; ``events`` records ("start", epoch), ("step", epoch, batch index, sample
-    ids), ("end", epoch). ``interrupt``: (global step, "kill" | "sigterm"): at that step's start, end the run as a
-    SIGKILL would, or send this process SIGTERM (Lightning finishes the step and stops)."""
+    ids), ("val", epoch, batch index, sample ids), ("end", epoch). ``interrupt``: (global step, "kill" | "sigterm" |
+    "sigterm_in_validation"): at that step's start, end the run as a SIGKILL would, or send this process SIGTERM
+    (Lightning finishes the step and stops); or send SIGTERM in the first batch of the validation after that many
+    steps (Lightning finishes the batch and stops)."""
 
     def __init__(self, events: list, interrupt: tuple[int, str] | None = None):
         super().__init__()
@@ -187,7 +189,7 @@ class _RecordingModel(L.LightningModule):
         self.events.append(("start", self.current_epoch))
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
-        if self.interrupt is not None and self.global_step == self.interrupt[0]:
+        if self.interrupt in ((self.global_step, "kill"), (self.global_step, "sigterm")):
             if self.interrupt[1] == "kill":
                 raise _Interrupted
             os.kill(os.getpid(), signal.SIGTERM)
@@ -197,6 +199,9 @@ class _RecordingModel(L.LightningModule):
         return (torch.nn.functional.dropout(batch, 0.5) * self.weight).square().mean()
 
     def validation_step(self, batch, batch_idx) -> None:
+        self.events.append(("val", self.current_epoch, batch_idx, batch.flatten().tolist()))
+        if self.interrupt == (self.global_step, "sigterm_in_validation") and batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
         self.log("val_loss", (batch * self.weight).square().mean())
 
     def on_train_epoch_end(self) -> None:
@@ -204,18 +209,21 @@ class _RecordingModel(L.LightningModule):
 
 
 def _fit_in_process(run_dir: Path, limit: str, validate: bool, interrupt: tuple[int, str] | None = None,
-                    resume: bool = False) -> tuple[list, torch.Tensor]:
-    """A 2-epoch run (3 steps an epoch) with the command's resume callbacks and a once-per-epoch ModelCheckpoint;
-    returns its events and final weight."""
+                    resume: bool = False, val_check_interval: int | float = 1.0) -> tuple[list, torch.Tensor]:
+    """A 2-epoch run (3 steps an epoch) with the command's resume callbacks and ModelCheckpoint (every checkpoint
+    kept; once per epoch, or after each validation with ``val_check_interval`` steps between validations); returns
+    its events and final weight."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from lang3d.training.resume import resume_callbacks
 
     torch.manual_seed(0)
     limits = {"max_epochs": 2} if limit == "max_epochs" else {"max_steps": 6, "max_epochs": -1}
-    trainer = L.Trainer(callbacks=[ModelCheckpoint(dirpath=run_dir, save_last=True), *resume_callbacks()],
+    checkpoints = ModelCheckpoint(dirpath=run_dir, save_last=True, save_top_k=-1)
+    trainer = L.Trainer(callbacks=[checkpoints, *resume_callbacks()],
                         logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                        limit_val_batches=1.0 if validate else 0, num_sanity_val_steps=0, **limits)
+                        limit_val_batches=1.0 if validate else 0, num_sanity_val_steps=0,
+                        val_check_interval=val_check_interval, **limits)
     events: list = []
     model = _RecordingModel(events, interrupt)
     try:
@@ -236,7 +244,8 @@ def test_run_resumed_at_an_epoch_boundary_goes_on_as_the_uninterrupted_one(inter
     epoch 2's order as epoch 1."""
     validate = interruption == "killed_as_epoch_1_begins"
     reference, weight = _fit_in_process(tmp_path / "reference", limit, validate)
-    assert [e for e in reference if e[0] == "step"][0][:3] == ("step", 0, 0) and len(reference) == 10
+    assert [e for e in reference if e[0] == "step"][0][:3] == ("step", 0, 0)
+    assert len([e for e in reference if e[0] != "val"]) == 10
     interrupt = (3, "kill") if interruption == "killed_as_epoch_1_begins" else (2, "sigterm")
     first, _ = _fit_in_process(tmp_path / "run", limit, validate, interrupt)
     assert torch.load(tmp_path / "run" / "last.ckpt", weights_only=False)["global_step"] == 3
@@ -244,6 +253,38 @@ def test_run_resumed_at_an_epoch_boundary_goes_on_as_the_uninterrupted_one(inter
     resumed, resumed_weight = _fit_in_process(tmp_path / "run", limit, validate, resume=True)
     assert resumed == reference[reference.index(("start", 1)):]
     torch.testing.assert_close(resumed_weight, weight, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("validation", ["epoch_end", "mid_epoch"])
+def test_sigterm_during_validation_leaves_the_state_of_the_last_step_and_the_validation_runs_again(validation,
+                                                                                                    tmp_path):
+    """SIGTERM in the first batch of a validation inside fit (epoch 0's end, after step 3; or mid-epoch, after step
+    2 of 3, with a validation every 2 steps): Lightning stops after that batch, and ``last.ckpt`` holds the state as
+    of the last finished step. Resumed from it (after a second SIGTERM in the validation it begins with), the run
+    validates again from the first batch and trains on as the uninterrupted run: the same events (steps, validation
+    batches, epoch hooks; the dropout draws follow the random states saved at the step's end, before the validation
+    loader's pass drew) and the same final weight; every checkpoint it writes counts the validation batches begun as
+    completed (none looks written inside a validation).
+    Before, SIGTERM inside a validation wrote no checkpoint: the run resumed from an older one, or from scratch."""
+    step, interval = (3, 1.0) if validation == "epoch_end" else (2, 2)
+    reference, weight = _fit_in_process(tmp_path / "reference", "max_epochs", True, val_check_interval=interval)
+    run = tmp_path / "run"
+    first, _ = _fit_in_process(run, "max_epochs", True, (step, "sigterm_in_validation"), val_check_interval=interval)
+    assert first == reference[:len(first)] and first[-1][:3] == ("val", 0, 0)
+    assert torch.load(run / "last.ckpt", weights_only=False)["global_step"] == step
+    # SIGTERM again, in the validation the resumed run begins with (no training step of its own yet)
+    again, _ = _fit_in_process(run, "max_epochs", True, (step, "sigterm_in_validation"), resume=True,
+                               val_check_interval=interval)
+    assert again == first[-1:]
+    resumed, resumed_weight = _fit_in_process(run, "max_epochs", True, resume=True, val_check_interval=interval)
+    assert resumed == reference[len(first) - 1:]
+    torch.testing.assert_close(resumed_weight, weight, rtol=0, atol=0)
+    written = [path for path in run.glob("*.ckpt") if path.name != "last.ckpt"]   # by the resumed run
+    assert f"epoch=0-step={step}.ckpt" in {path.name for path in written}
+    for path in written:
+        loop = torch.load(path, weights_only=False)["loops"]["fit_loop"]
+        total = loop["epoch_loop.val_loop.batch_progress"]["total"]
+        assert total["ready"] == total["started"] == total["processed"] == total["completed"], (path.name, total)
 
 
 # ---------------------------------------------------------------- which checkpoint "last" is; writing checkpoints

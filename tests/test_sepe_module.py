@@ -255,6 +255,9 @@ def test_test_stage_scores_generated_clouds(tmp_path, cap3d_root):
     assert module.test_r_precision_cond.clip is module.clip.model
     with pytest.raises(ValueError, match="no test split"):
         datamodule(cap3d_root, split_fractions=(0.5, 0.5)).test_dataloader()
+    empty = datamodule(cap3d_root, split_fractions=(0.4, 0.2, 0.4), max_val_objects=0)   # caps the test split too
+    with pytest.raises(ValueError, match="no object to test on any process"):
+        trainer.test(module, datamodule=empty)
 
 
 def _perturb(module: torch.nn.Module, seed: int, std: float = 0.2) -> None:

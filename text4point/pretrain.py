@@ -17,10 +17,15 @@ from lang3d.models.clip import CLIPDenseImageEncoder, CLIPTextEncoder, load_clip
 from lang3d.models.losses import masked_l1, pixel_voxel_contrastive_loss
 from lang3d.models.prompt_learner import build_class_embeddings
 from lang3d.training.empty_steps import EmptyStepsMixin
+from lang3d.training.sample_means import SampleMeans
 from lang3d.training.sync_batchnorm import rows_left_out, sync_batchnorm_under_ddp
 from lang3d.visual.tensorboard import log_image, overlay_points
 from text4point.image_branch import ImageDecoder, pixel_cells, upsample_to_pixels
 from text4point.network import ENCODER_STRIDE, Text4PointNet
+
+VALUES = ("loss", "loss_enc", "loss_dec", "loss_depth", "pairs", "match_acc_enc")
+"""What ``Text4PointPretraining._losses`` returns: the losses, the pixel-voxel pairs of the batch and, when the batch
+has encoder-level pairs, the encoder-level match accuracy."""
 
 
 class Text4PointPretraining(EmptyStepsMixin, L.LightningModule):
@@ -71,6 +76,7 @@ class Text4PointPretraining(EmptyStepsMixin, L.LightningModule):
         self.net = Text4PointNet(in_channels, feature_dim, d, use_tqm=use_tqm, tqm_heads=tqm_heads,
                                  stem_kernel_size=stem_kernel_size, bn_momentum=bn_momentum, width=width)
         self._skipped: Counter = Counter()
+        self.val_means = SampleMeans(VALUES)   # per-frame means over every rank's frames
 
     # ---------------------------------------------------------------- forward and losses
     def _losses(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -168,11 +174,12 @@ class Text4PointPretraining(EmptyStepsMixin, L.LightningModule):
         return 0.0 * sum(t.sum() for t in (z2d, depth, feats.h3d_expanded, feats.z3d.F))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        if len(batch["pairs"]) == 0:
+        if len(batch["pairs"]) == 0:   # an empty shard's batch, or every frame skipped: nothing to add
             return
-        out = self._losses(batch)
-        for key, value in out.items():
-            self.log(f"val/{key}", value, batch_size=len(batch["names"]), sync_dist=True)
+        self.val_means.update(self._losses(batch), len(batch["names"]))
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_means.log(self, "val/")   # a collective: every rank gets here
 
     def on_train_epoch_end(self) -> None:
         if self._skipped:

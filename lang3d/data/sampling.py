@@ -4,7 +4,9 @@ Lightning calls ``set_epoch`` on the sampler every epoch, so the order of epoch 
 (seed, e): a run resumed from a checkpoint sees the same batches as an uninterrupted one. The samplers pass the
 epoch on to an ``EpochSeededDataset``, whose per-sample random draws (augmentations, view choice) then depend
 only on (seed, epoch, index) as well. Evaluation loaders
-(``shuffle=False``) split the samples without padding, so under DDP every sample is scored exactly once.
+(``shuffle=False``) split the samples into consecutive blocks without padding, so under DDP every sample is scored
+exactly once, and rows gathered from the ranks in rank order come in the dataset's order, as in one process: metrics
+that depend on the order of their rows (a ranking breaks exact ties by gallery position) score the same.
 
 A pass begins at its first batch (not at ``iter(loader)``), so it follows the epoch Lightning set last, in worker
 processes too. The base seed of its worker processes comes from the loader's own generator, seeded by (seed,
@@ -63,17 +65,20 @@ class _TrainSampler(_ForwardEpoch, DistributedSampler):
 
 
 class _EvalSampler(_ForwardEpoch, DistributedSampler):
-    """In order, unpadded: rank r takes samples r, r + W, r + 2W, ... of W ranks, so every sample is on exactly one
-    rank; a rank holds none when the set is smaller than the number of ranks."""
+    """In order, unpadded, in consecutive blocks: of n samples and W ranks, rank r takes the r-th block, the first
+    n mod W blocks one sample longer than the others, so every sample is on exactly one rank and the blocks in rank
+    order are the dataset's order; a rank holds none when the set is smaller than the number of ranks."""
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool = False, seed: int = 0,
                  drop_last: bool = False):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, seed=seed, drop_last=False)
-        self.num_samples = len(range(rank, len(dataset), num_replicas))
+        size, longer = divmod(len(dataset), num_replicas)
+        self.first = rank * size + min(rank, longer)
+        self.num_samples = size + (rank < longer)
         self.total_size = len(dataset)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+        return iter(range(self.first, self.first + self.num_samples))
 
 
 class _SeededLoader(DataLoader):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torchmetrics import Metric
 
 
 def world() -> tuple[int, int]:
@@ -60,3 +61,31 @@ def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     counts = row_counts(len(x), x.device)
     return _GatherRows.apply(x, counts), sum(counts[:rank])
 
+
+def summed_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """x summed element-wise over the ranks, a new tensor on every rank (x itself on one process)."""
+    if world()[0] == 1:
+        return x
+    total = x.clone()
+    dist.all_reduce(total)
+    return total
+
+
+def share_list_state_layouts(metric: Metric) -> None:
+    """Before ``metric.compute()`` under DDP, a collective that every rank calls: each list state of ``metric`` (a
+    torchmetrics state gathered by concatenation) that holds no tensor on this rank gets an empty one [0, ...] with
+    the trailing shape and dtype of the rows some other rank holds. torchmetrics sends a rank's empty list state as
+    a 1-d float tensor, which its gather cannot join with the other ranks' [n, d] rows or integer rows (a rank
+    whose evaluation shard is empty). States no rank holds rows of stay as they are. No-op on one process."""
+    size, _ = world()
+    if size == 1:
+        return
+    lists = {name: value for name, value in metric.metric_state.items() if isinstance(value, list)}
+    layout = {name: (tuple(parts[0].shape[1:]), parts[0].dtype) for name, parts in lists.items() if parts}
+    layouts: list[dict | None] = [None] * size
+    dist.all_gather_object(layouts, layout)
+    for name, parts in lists.items():
+        known = next((other[name] for other in layouts if name in other), None)
+        if not parts and known is not None:
+            shape, dtype = known
+            getattr(metric, name).append(torch.empty((0, *shape), dtype=dtype, device=metric.device))

@@ -11,8 +11,10 @@ every run.
 * ``EpochEndCheckpointResume``: a checkpoint written at an epoch's end (ModelCheckpoint's once-per-epoch file,
   SIGTERM after an epoch's last step) resumes at the next epoch's start, also in a run limited by ``max_steps``.
 * ``CheckpointOnSigterm``: on SIGTERM (a scheduler's pre-emption, ``kill``) Lightning finishes the running
-  step and stops; this writes ``last.ckpt`` next to the run's other checkpoints at that clean point, so
-  ``--ckpt_path last`` continues from it. After SIGKILL the run resumes from its newest checkpoint.
+  training step, or the running batch of a validation inside fit, and stops; this writes ``last.ckpt`` next to the
+  run's other checkpoints with the training state as of the last finished step, so ``--ckpt_path last`` continues
+  from it (an interrupted validation is run again, whole). After SIGKILL the run resumes from its newest
+  checkpoint.
 * ``newest_checkpoint``: what ``--ckpt_path last`` resumes from (``lang3d.training.cli``): the newest checkpoint file in
   the run's checkpoint folders. Lightning's own "last" is the newest ``last*.ckpt``, which is one checkpoint
   behind when a SIGKILL lands between ModelCheckpoint's periodic file and its ``last.ckpt`` copy.
@@ -39,21 +41,32 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lang3d.training.atomic import atomic_write
 
 
+def global_random_states() -> dict[str, Any]:
+    """The global random generators' states (torch, NumPy, Python; CUDA once initialised), as tensors and numbers
+    (a ``weights_only`` load reads them)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos),
+                                                       int(has_gauss), float(cached)),
+             "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
 class RandomStateCheckpoint(L.Callback):
     """Saves the global random states with each checkpoint (rank zero's, like the rest of the checkpoint) and
-    restores them at ``on_train_start`` of a resumed run."""
+    restores them at ``on_train_start`` of a resumed run. ``at_step_end``: the states at the end of the last
+    training step (what a checkpoint of the state as of that step holds; a validation after it draws from them)."""
 
     def __init__(self):
         self._to_restore: dict[str, Any] | None = None
+        self.at_step_end: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        name, keys, pos, has_gauss, cached = np.random.get_state()  # as tensors and numbers: weights_only loads it
-        state = {"torch": torch.get_rng_state(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos),
-                                                           int(has_gauss), float(cached)),
-                 "python": random.getstate()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
+        return global_random_states()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        self.at_step_end = global_random_states()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._to_restore = state_dict
@@ -62,6 +75,7 @@ class RandomStateCheckpoint(L.Callback):
         state, self._to_restore = self._to_restore, None
         if state is None:
             return
+        self.at_step_end = state   # those of the checkpoint's last step, until this run finishes one
         torch.set_rng_state(state["torch"])
         name, keys, pos, has_gauss, cached = state["numpy"]
         np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
@@ -153,15 +167,54 @@ class EpochEndCheckpointResume(L.Callback):
 
 
 class CheckpointOnSigterm(L.Callback):
-    """Writes ``<checkpoint dir>/last.ckpt`` when the run stops on SIGTERM (the checkpoint dir of the run's
-    ModelCheckpoint, else ``<default_root_dir>/checkpoints``)."""
+    """Writes ``<checkpoint dir>/last.ckpt`` when a fit stops on SIGTERM (the checkpoint dir of the run's
+    ModelCheckpoint, else ``<default_root_dir>/checkpoints``), with the training state as of its last finished step.
+
+    Lightning stops after the running training step, or after the running batch of a validation inside fit (its
+    sanity check before training writes nothing: no step has finished, and a resumed run's earlier checkpoint stays
+    its resume point). A validation changes no weights, optimiser, scheduler, training loader or callback state; the
+    checkpoint of a stop inside one rewinds what it moved: the global random states go back to the last step's end
+    (``RandomStateCheckpoint.at_step_end``: the validation loader's pass drew from them), and the validation loop's
+    progress to that validation's start with its first batch begun, which Lightning resumes as a restart inside a
+    validation, from its first batch. The resumed run so runs the interrupted validation whole, with the states the
+    uninterrupted run had, and goes on as that run (the same weights, metrics and checkpoints). Such a restart
+    leaves Lightning's per-epoch total of validation batches begun one ahead of those completed, which would make a
+    later checkpoint of that epoch look like one written inside a validation: ``on_validation_start`` of fit evens
+    it (no batch of a starting validation has begun)."""
+
+    def __init__(self):
+        self._rewind_validation = False
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException) or not trainer.training:
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit" or trainer.sanity_checking:
             return
         path = sigterm_checkpoint_dir(trainer) / "last.ckpt"
-        trainer.save_checkpoint(path)
-        rank_zero_info(f"SIGTERM: saved {path} at step {trainer.global_step}; resume with --ckpt_path last")
+        self._rewind_validation = trainer.validating
+        try:
+            trainer.save_checkpoint(path)
+        finally:
+            self._rewind_validation = False
+        inside = " (inside a validation: it runs again on resume)" if trainer.validating else ""
+        rank_zero_info(f"SIGTERM: saved {path} at step {trainer.global_step}{inside}; resume with --ckpt_path last")
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if not self._rewind_validation:
+            return
+        for callback in trainer.callbacks:
+            if isinstance(callback, RandomStateCheckpoint) and callback.at_step_end is not None:
+                checkpoint["callbacks"][callback.state_key] = callback.at_step_end
+        progress = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
+        # "current" counts this validation's batches, "total" those of the training epoch's validations
+        before = progress["total"]["completed"] - progress["current"]["completed"]
+        progress["total"] = {"ready": before + 1, "started": before + 1, "processed": before, "completed": before}
+        progress["current"] = {"ready": 1, "started": 1, "processed": 0, "completed": 0}
+        progress["is_last_batch"] = False
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        total = trainer.fit_loop.epoch_loop.val_loop.batch_progress.total
+        total.ready = total.started = total.processed = total.completed
 
 
 def resume_callbacks() -> list[L.Callback]:
