@@ -15,6 +15,7 @@ from typing import Callable
 
 import lightning as L
 import numpy as np
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
@@ -199,6 +200,10 @@ def console_main() -> None:
         if not report(error):
             raise
         sys.exit(1)
+    # Lightning leaves the DDP process group up; a gloo group still alive at interpreter exit can abort the process
+    # ("terminate called without an active exception", SIGABRT) after a successful run.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
