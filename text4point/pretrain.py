@@ -23,9 +23,9 @@ from lang3d.visual.tensorboard import log_image, overlay_points
 from text4point.image_branch import ImageDecoder, pixel_cells, upsample_to_pixels
 from text4point.network import ENCODER_STRIDE, Text4PointNet
 
-VALUES = ("loss", "loss_enc", "loss_dec", "loss_depth", "pairs", "match_acc_enc")
+VALUES = ("loss", "loss_enc", "loss_dec", "loss_depth", "pairs", "match_acc_enc", "match_chance_enc")
 """What ``Text4PointPretraining._losses`` returns: the losses, the pixel-voxel pairs of the batch and, when the batch
-has encoder-level pairs, the encoder-level match accuracy."""
+has encoder-level pairs, the encoder-level match accuracy and its chance level."""
 
 
 class Text4PointPretraining(EmptyStepsMixin, L.LightningModule):
