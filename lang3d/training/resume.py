@@ -179,8 +179,8 @@ class CheckpointOnSigterm(L.Callback):
     validation, from its first batch. The resumed run so runs the interrupted validation whole, with the states the
     uninterrupted run had, and goes on as that run (the same weights, metrics and checkpoints). Such a restart
     leaves Lightning's per-epoch total of validation batches begun one ahead of those completed, which would make a
-    later checkpoint of that epoch look like one written inside a validation: ``on_validation_start`` of fit evens
-    it (no batch of a starting validation has begun)."""
+    later checkpoint of that epoch look like one written inside a validation: every other checkpoint this callback
+    sees is written outside a running validation batch, so its total begun is set to the total completed."""
 
     def __init__(self):
         self._rewind_validation = False
@@ -198,23 +198,21 @@ class CheckpointOnSigterm(L.Callback):
         rank_zero_info(f"SIGTERM: saved {path} at step {trainer.global_step}{inside}; resume with --ckpt_path last")
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.val_loop.batch_progress")
+        if progress is None:
+            return
         if not self._rewind_validation:
+            total = progress["total"]
+            total["ready"] = total["started"] = total["processed"] = total["completed"]
             return
         for callback in trainer.callbacks:
             if isinstance(callback, RandomStateCheckpoint) and callback.at_step_end is not None:
                 checkpoint["callbacks"][callback.state_key] = callback.at_step_end
-        progress = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
         # "current" counts this validation's batches, "total" those of the training epoch's validations
         before = progress["total"]["completed"] - progress["current"]["completed"]
         progress["total"] = {"ready": before + 1, "started": before + 1, "processed": before, "completed": before}
         progress["current"] = {"ready": 1, "started": 1, "processed": 0, "completed": 0}
         progress["is_last_batch"] = False
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.state.fn != "fit" or trainer.sanity_checking:
-            return
-        total = trainer.fit_loop.epoch_loop.val_loop.batch_progress.total
-        total.ready = total.started = total.processed = total.completed
 
 
 def resume_callbacks() -> list[L.Callback]:
